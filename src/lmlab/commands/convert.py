@@ -1,0 +1,31 @@
+"""`lmlab convert FAMILY SRC OUT_DIR`: turn a published checkpoint into an lmlab model directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from lmlab.convert import CONVERTERS, read_state_dict
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a published checkpoint to an lmlab model directory",
+        description="Read an official state_dict (.safetensors, or .bin/.pt loaded with weights_only=True), map its "
+                    "keys to lmlab's, load it strictly (any missing or unexpected key is an error) and save a "
+                    "model directory that AutoModelForCausalLM.from_pretrained loads.")
+    parser.add_argument("family", choices=CONVERTERS.names(), help="which published layout SRC is in")
+    parser.add_argument("src", help="checkpoint file")
+    parser.add_argument("out_dir", help="output model directory")
+    parser.add_argument("--heads", type=int, default=8, help="ngen4 only: attention heads (default 8)")
+    parser.add_argument("--max-positions", type=int, default=512, help="ngen4 only: position limit (default 512)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    state = read_state_dict(args.src)
+    extra = {"num_heads": args.heads, "max_position_embeddings": args.max_positions} if args.family == "ngen4" else {}
+    model = CONVERTERS[args.family](state, **extra)
+    model.save_pretrained(args.out_dir)
+    print(f"converted {len(state)} tensors from {args.src} into {args.out_dir} "
+          f"({sum(p.numel() for p in model.parameters()):,} parameters)")
+    return 0

@@ -1,0 +1,76 @@
+"""`lmlab info`: list presets, or show one model's parameter counts and forward FLOPs per token."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+
+import torch
+
+from lmlab.config import LMLabConfig
+from lmlab.info import describe, parameter_counts
+from lmlab.model import LMLabForCausalLM
+from lmlab.presets import get_preset, list_presets, preset_config
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="list presets or describe one model",
+                                   description="List presets, or print a preset's or a saved model's parameter "
+                                               "counts and forward FLOPs per token.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--list", action="store_true", help="list every preset")
+    source.add_argument("--preset", help="a preset name (see --list)")
+    source.add_argument("--model", help="a saved lmlab model directory")
+    parser.add_argument("--seq-len", type=int, help="sequence length for FLOPs (default: the preset's training "
+                                                   "length, else 512)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run)
+
+
+def _millions(n: int) -> str:
+    return f"{n:,} ({n / 1e6:.2f}M)"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list(args.json)
+    if args.preset:
+        config = preset_config(args.preset)
+        seq_len = args.seq_len or get_preset(args.preset).recipe.get("seq_len", 512)
+    else:
+        config = LMLabConfig.from_pretrained(args.model)
+        seq_len = args.seq_len or config.max_position_embeddings or 512
+    facts = describe(config, seq_len)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    counts = facts["parameters"]
+    print(f"model: {args.preset or args.model}")
+    print(f"  parameters, total:          {_millions(counts['total'])}")
+    print(f"  embedding tables:           {_millions(counts['embedding'])}")
+    if counts["head"]:
+        print(f"  output head (untied):       {_millions(counts['head'])}")
+    print(f"  non-embedding:              {_millions(counts['non_embedding'])}")
+    print(f"  forward FLOPs per token:    {facts['forward_flops_per_token'] / 1e6:,.1f} MFLOP at sequence length "
+          f"{seq_len}")
+    kinds = Counter((layer["block"], layer["mixer"], layer["mlp"], layer["norm"]) for layer in facts["layers"])
+    for (block, mixer, mlp, norm), count in kinds.items():
+        print(f"  {count} x layer: block={block} mixer={mixer} mlp={mlp} norm={norm}")
+    return 0
+
+
+def _list(as_json: bool) -> int:
+    rows = []
+    for preset in list_presets():
+        with torch.device("meta"):
+            model = LMLabForCausalLM(preset_config(preset.name))
+        rows.append({"name": preset.name, "family": preset.family, "parameters": parameter_counts(model).total,
+                     "description": preset.description})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['parameters'] / 1e6:>8.2f}M  {r['description']}")
+    return 0

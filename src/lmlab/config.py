@@ -1,0 +1,218 @@
+"""One config schema for every lmlab model.
+
+An architecture is data: model-wide sizes and options, the component chosen for each slot (token mixer, MLP, norm,
+block wiring, position encoding, init scheme), and optional per-layer overrides in `layers`. The model class
+assembles whatever the config names; `config.layer_spec(i)` is the resolved choice for layer i.
+
+Slot values are registry names (see `lmlab.registry`); an unknown name fails at config time with the valid names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe a working model; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What one decoder layer is made of. Every field can be overridden per layer through `config.layers`."""
+
+    mixer: str
+    mlp: str
+    norm: str
+    block: str
+    window: int | None = None  # sliding attention window (keys visible to the left, excluding the query)
+    value_embed: bool = False  # yatgpt value embeddings added to this layer's values
+    fan: bool = False  # NeoLLM FAN layer in front of this layer's mixer projections
+
+
+LAYER_FIELDS = tuple(f.name for f in fields(LayerSpec))
+ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
+
+
+@strict
+class LMLabConfig(PreTrainedConfig):
+    r"""The lmlab model config (`model_type = "lmlab"`).
+
+    Sizes: `vocab_size`, `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `num_key_value_heads` (None = MHA),
+    `head_dim` (None = hidden_size / heads), `intermediate_size`, `max_position_embeddings` (a hard limit on
+    positions; None = no limit).
+
+    Slots (registry names): `mixer`, `mlp`, `norm`, `block`, `position`, `init`. `layers` is an optional list of
+    `num_hidden_layers` dicts overriding any `LayerSpec` field for one layer.
+    """
+
+    model_type = "lmlab"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    preset: str | None = None
+
+    # sizes
+    vocab_size: int = 32768
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int = 3072
+    max_position_embeddings: int | None = None
+
+    # component choices (model-wide defaults; `layers` overrides per layer)
+    mixer: str = "attention"
+    mlp: str = "gelu"
+    norm: str = "layernorm"
+    block: str = "prenorm"
+    position: str = "rope"
+    layers: list | None = None
+    init: str = "gpt2"
+
+    # norms
+    norm_eps: float = 1e-5
+    dyt_alpha_init: float = 0.5
+    final_norm: bool = True
+
+    # attention
+    attention_scale: str | float = "head_dim"  # "head_dim" (1/sqrt(d_h)), "hidden_size" (1/sqrt(d), N4) or a number
+    attention_bias: bool = False
+
+    # rotary position encoding
+    rope_theta: float = 10000.0
+    rope_pct: float = 1.0
+    rope_scaling: dict | None = None
+
+    # MLP
+    mlp_bias: bool = False
+    gelu_approximate: str = "none"  # "none" (exact erf GELU) or "tanh"
+
+    # embeddings, head, dropout
+    tie_word_embeddings: bool = False
+    lm_head_bias: bool = False
+    logit_softcap: float | None = None
+    embedding_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    residual_dropout: float = 0.0
+
+    # init
+    initializer_range: float = 0.02
+
+    # tokens
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.head_dim is None and self.num_attention_heads > 0:
+            if self.hidden_size % self.num_attention_heads != 0:
+                raise ConfigError(
+                    f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                    f"({self.num_attention_heads}); choose a head count that divides it or set head_dim explicitly."
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.rope_scaling is not None:
+            self.rope_scaling = _normalised_rope_scaling(self.rope_scaling, self)
+        super().__post_init__(**kwargs)
+        self.check()
+
+    # ------------------------------------------------------------------ validation
+    def check(self) -> None:
+        """Raise ConfigError (or UnknownNameError) naming the problem; called on creation and after overrides."""
+        from lmlab import nn as _components  # noqa: F401  (fills the registries)
+        from lmlab.registry import BLOCKS, INIT_SCHEMES, MIXERS, MLPS, NORMS, POSITIONS
+
+        for name, value in (("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size),
+                            ("num_hidden_layers", self.num_hidden_layers),
+                            ("num_attention_heads", self.num_attention_heads),
+                            ("intermediate_size", self.intermediate_size)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads "
+                f"({self.num_key_value_heads})"
+            )
+        if not 0.0 < self.rope_pct <= 1.0:
+            raise ConfigError(f"rope_pct must be in (0, 1], got {self.rope_pct}")
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ConfigError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
+        if isinstance(self.attention_scale, str) and self.attention_scale not in ("head_dim", "hidden_size"):
+            raise ConfigError(
+                f"attention_scale must be 'head_dim', 'hidden_size' or a number, got {self.attention_scale!r}"
+            )
+        POSITIONS.check(self.position)
+        INIT_SCHEMES.check(self.init)
+        if self.layers is not None and len(self.layers) != self.num_hidden_layers:
+            raise ConfigError(
+                f"layers has {len(self.layers)} entries but num_hidden_layers is {self.num_hidden_layers}; "
+                "give one override dict per layer (an empty dict keeps the model-wide choice)"
+            )
+        for i in range(self.num_hidden_layers):
+            spec = self.layer_spec(i)
+            MIXERS.check(spec.mixer)
+            MLPS.check(spec.mlp)
+            NORMS.check(spec.norm)
+            BLOCKS.check(spec.block)
+
+    # ------------------------------------------------------------------ derived values
+    def layer_spec(self, layer_idx: int) -> LayerSpec:
+        """The resolved component choice of layer `layer_idx` (0-based)."""
+        spec = LayerSpec(mixer=self.mixer, mlp=self.mlp, norm=self.norm, block=self.block)
+        if self.layers is None:
+            return spec
+        overrides = self.layers[layer_idx] or {}
+        unknown = set(overrides) - set(LAYER_FIELDS)
+        if unknown:
+            raise ConfigError(
+                f"layers[{layer_idx}] has unknown fields {sorted(unknown)}; per-layer fields are {list(LAYER_FIELDS)}"
+            )
+        return replace(spec, **overrides)
+
+    @property
+    def attention_softmax_scale(self) -> float:
+        """The multiplier of q·k before the softmax."""
+        if self.attention_scale == "head_dim":
+            return 1.0 / math.sqrt(self.head_dim)
+        if self.attention_scale == "hidden_size":
+            return 1.0 / math.sqrt(self.hidden_size)
+        return float(self.attention_scale)
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated channels per head: int(head_dim * rope_pct), rounded down to an even number."""
+        return int(self.head_dim * self.rope_pct) // 2 * 2
+
+
+def _normalised_rope_scaling(scaling: dict, config: LMLabConfig) -> dict:
+    """Validate `rope_scaling` and pin the length it scales from.
+
+    HF semantics: {"type" (or "rope_type"): linear | dynamic | yarn, "factor": f, ...}. The pre-scaling length is
+    stored as `original_max_position_embeddings`; when it is missing, the current `max_position_embeddings` is that
+    length and the model's position limit grows to factor times it.
+    """
+    scaling = dict(scaling)
+    kind = scaling.pop("rope_type", None) or scaling.get("type")
+    if kind not in ROPE_SCALING_TYPES:
+        raise ConfigError(f"rope_scaling type must be one of {list(ROPE_SCALING_TYPES)}, got {kind!r}")
+    factor = scaling.get("factor")
+    if not isinstance(factor, (int, float)) or factor < 1.0:
+        raise ConfigError(f"rope_scaling factor must be a number >= 1, got {factor!r}")
+    scaling["type"] = kind
+    scaling["factor"] = float(factor)
+    if "original_max_position_embeddings" not in scaling:
+        if config.max_position_embeddings is None:
+            raise ConfigError("rope_scaling needs max_position_embeddings (the length the model was trained at)")
+        scaling["original_max_position_embeddings"] = config.max_position_embeddings
+        config.max_position_embeddings = int(config.max_position_embeddings * factor)
+    return scaling
+
+
+__all__ = ["ConfigError", "LAYER_FIELDS", "LMLabConfig", "LayerSpec"]

@@ -1,0 +1,67 @@
+"""Model facts for `lmlab info`: parameter breakdown and forward FLOPs per token."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lmlab.config import LMLabConfig
+from lmlab.model import LMLabForCausalLM, count_parameters
+
+
+@dataclass
+class ParameterCounts:
+    """total: every parameter once (a tied head is the embedding). embedding: input tables (token embedding and any
+    other nn.Embedding, e.g. value embeddings). head: an untied output projection. non_embedding: the rest
+    (blocks, norms, scalars)."""
+
+    total: int
+    embedding: int
+    head: int
+    non_embedding: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parameter_counts(model: LMLabForCausalLM) -> ParameterCounts:
+    seen: set[int] = set()
+    embedding = 0
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            embedding += module.weight.numel()
+    head = 0
+    if id(model.lm_head.weight) not in seen:
+        head = sum(p.numel() for p in model.lm_head.parameters())
+    total = count_parameters(model)
+    return ParameterCounts(total=total, embedding=embedding, head=head, non_embedding=total - embedding - head)
+
+
+def forward_flops_per_token(config: LMLabConfig, seq_len: int) -> float:
+    """Forward FLOPs per token of one sequence of `seq_len` tokens, counted by torch's FlopCounterMode on the meta
+    device (no memory, no compute). Counts matmul-class ops (linear, bmm, attention) as 2 FLOPs per multiply-add;
+    attention is counted over the full T×T score matrix, the usual convention (Kaplan et al. 2020)."""
+    with torch.device("meta"):
+        model = LMLabForCausalLM(config).eval()
+        input_ids = torch.zeros(1, seq_len, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=input_ids, use_cache=False)
+    return counter.get_total_flops() / seq_len
+
+
+def describe(config: LMLabConfig, seq_len: int) -> dict:
+    """Everything `lmlab info --preset` prints, as a dict."""
+    with torch.device("meta"):
+        model = LMLabForCausalLM(config)
+    counts = parameter_counts(model)
+    return {
+        "preset": config.preset,
+        "parameters": counts.as_dict(),
+        "seq_len": seq_len,
+        "forward_flops_per_token": forward_flops_per_token(config, seq_len),
+        "layers": [vars(config.layer_spec(i)) for i in range(config.num_hidden_layers)],
+    }

@@ -1,0 +1,154 @@
+"""Causal softmax attention: the shared kernel (eager / sdpa / flash_attention_2) and the standard MHA/GQA/MQA mixer.
+
+softmax(q·kᵀ·scale + mask)·v, where key j is visible to query i iff j ≤ i (absolute indices), i − j ≤ window when
+the layer has a window, and key j is not padding. Grouped heads: kv head g serves query heads g·r .. g·r + r − 1
+(r = H_q / H_kv; MQA is H_kv = 1). The softmax is always fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.cache import KVCache
+from lmlab.nn.component import Component
+from lmlab.nn.context import ForwardContext
+from lmlab.nn.init import linear
+from lmlab.registry import MIXERS
+
+BACKENDS = ("eager", "sdpa", "flash_attention_2")
+
+
+def visibility_mask(t: int, s: int, q_start: int, k_start: int, key_padding: torch.Tensor | None,
+                    window: int | None, device) -> torch.Tensor:
+    """(B or 1, 1, T, S) bool: True where a query may attend a key.
+
+    Queries have absolute indices q_start .. q_start + T − 1, keys k_start .. k_start + S − 1; key_padding, when
+    given, covers absolute indices 0 .. q_start + T − 1. Query rows that see nothing (padding queries) are opened to
+    all keys so the softmax stays finite; their outputs belong to padding and are never used.
+    """
+    q_index = torch.arange(q_start, q_start + t, device=device)
+    k_index = torch.arange(k_start, k_start + s, device=device)
+    diff = q_index[:, None] - k_index[None, :]
+    mask = diff >= 0
+    if window is not None:
+        mask = mask & (diff <= window)
+    mask = mask[None, None]
+    if key_padding is not None:
+        mask = mask & key_padding[:, None, None, k_start:k_start + s]
+        mask = mask | ~mask.any(-1, keepdim=True)
+    return mask
+
+
+def _eager(q, k, v, scale, mask, is_causal, dropout_p):
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if is_causal:
+        t, s = scores.shape[-2:]
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p)
+    return torch.matmul(probs, v)
+
+
+def _sdpa(q, k, v, scale, mask, is_causal, dropout_p):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                          scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _flash(q, k, v, scale, window, dropout_p):
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as err:
+        raise RuntimeError("attn_implementation='flash_attention_2' needs the flash-attn package "
+                           "(pip install flash-attn) and a CUDA GPU; use 'sdpa' otherwise") from err
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        raise RuntimeError("flash_attention_2 runs on CUDA in fp16/bf16 only; use 'sdpa' on this device/dtype")
+    # flash-attn is (B, T, H, d) and aligns the causal mask bottom-right (right for decoding with a cache)
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,
+                          softmax_scale=scale, causal=True, window_size=(-1 if window is None else window, 0))
+    return out.transpose(1, 2)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, q_start: int,
+                     k_start: int = 0, key_padding: torch.Tensor | None = None, window: int | None = None,
+                     dropout_p: float = 0.0, backend: str = "sdpa") -> torch.Tensor:
+    """Causal attention of q (B, H_q, T, d) over k, v (B, H_kv, S, d); returns (B, H_q, T, d_v).
+
+    q_start and k_start are the absolute sequence indices of the first query and the first key (keys start after 0
+    when a cache keeps only a window). The fast paths (SDPA's is_causal, no mask for a query that sees every key)
+    are taken only when they mean exactly the same mask.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attn_implementation {backend!r}; choose one of {BACKENDS}")
+    if backend == "flash_attention_2":
+        if key_padding is not None:
+            raise RuntimeError("flash_attention_2 with a padding mask is not supported here; use 'sdpa' for "
+                               "padded batches")
+        return _flash(q, k, v, scale, window, dropout_p)
+    t, s = q.shape[2], k.shape[2]
+    keys_end_with_queries = k_start + s == q_start + t
+    window_inactive = window is None or window >= q_start + t - 1 - k_start
+    mask, is_causal = None, False
+    if key_padding is None and window_inactive and keys_end_with_queries and (t == 1 or (t == s and k_start == 0)):
+        is_causal = t > 1  # one query at the end sees every key: no mask at all
+    else:
+        mask = visibility_mask(t, s, q_start, k_start, key_padding, window, q.device)
+    run = _eager if backend == "eager" else _sdpa
+    return run(q, k, v, scale, mask, is_causal, dropout_p)
+
+
+def attention_backend(config) -> str:
+    """The backend the config asks for (HF's `_attn_implementation`; 'sdpa' when unset)."""
+    return getattr(config, "_attn_implementation", None) or "sdpa"
+
+
+class SoftmaxAttention(Component):
+    """Multi-head causal attention with grouped KV heads (MHA, GQA, MQA), fused [q | k | v] projection,
+    optional rotary encoding and sliding window."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = config.attention_softmax_scale
+        self.window = config.layer_spec(layer_idx).window
+        d = config.hidden_size
+        self.qkv_proj = linear(d, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, config.attention_bias,
+                               "attn_in")
+        self.out_proj = linear(self.num_heads * self.head_dim, d, config.attention_bias, "attn_out")
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(
+            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
+            dim=-1)
+        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if ctx.rotation is not None:
+            q, k = ctx.rotation.queries(q), ctx.rotation.keys(k)
+        if ctx.cache is not None:
+            state = ctx.layer_state(self.layer_idx) or KVCache()
+            k, v = state.append(k, v)
+            ctx.set_layer_state(self.layer_idx, state)
+        o = causal_attention(q, k, v, scale=self.scale, q_start=ctx.past_length,
+                             k_start=ctx.past_length + t - k.shape[2],
+                             key_padding=ctx.key_padding_mask, window=self.window,
+                             dropout_p=self.config.attention_dropout if self.training else 0.0,
+                             backend=attention_backend(self.config))
+        return self.out_proj(o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+MIXERS.register("attention")(SoftmaxAttention)
+
+__all__ = ["BACKENDS", "SoftmaxAttention", "attention_backend", "causal_attention", "visibility_mask"]

@@ -1,0 +1,98 @@
+"""Initialisation schemes: one named recipe per published family, applied by role.
+
+A component never hard-codes the init of its projections: it creates them with `linear(...)` / `embedding(...)`,
+which tag each with a role, and the model initialises every tagged module with the config's scheme:
+
+| role | meaning |
+|---|---|
+| embed | token embedding table |
+| head | untied output projection |
+| attn_in / attn_out | mixer input projections (q, k, v, gates) / mixer output projection |
+| mlp_in / mlp_out | MLP input projections / MLP output projection |
+
+Parameters whose init is part of a component's math (norm gains, gates, scalars) are set by the component's own
+`reset_parameters()`. All functions come from `transformers.initialization`, which skips tensors already loaded
+from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+from transformers import initialization as init
+
+from lmlab.registry import INIT_SCHEMES
+
+ROLES = ("embed", "head", "attn_in", "attn_out", "mlp_in", "mlp_out")
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown init role {role!r}; roles are {ROLES}")
+    return role
+
+
+def linear(in_features: int, out_features: int, bias: bool, role: str) -> nn.Linear:
+    """An nn.Linear that the model initialises as `role` under the config's scheme."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    layer.init_role = _check_role(role)
+    return layer
+
+
+def embedding(num_embeddings: int, dim: int, role: str = "embed") -> nn.Embedding:
+    """An nn.Embedding that the model initialises as `role` under the config's scheme."""
+    table = nn.Embedding(num_embeddings, dim)
+    table.init_role = _check_role(role)
+    return table
+
+
+def initialise(module: nn.Module, config) -> None:
+    """Initialise a role-tagged nn.Linear / nn.Embedding under `config.init`."""
+    INIT_SCHEMES[config.init](module, module.init_role, config)
+
+
+def torch_default(module: nn.Module) -> None:
+    """PyTorch's own defaults: Linear weight and bias U(±1/sqrt(fan_in)); Embedding N(0, 1)."""
+    if isinstance(module, nn.Embedding):
+        init.normal_(module.weight, 0.0, 1.0)
+        return
+    init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    if module.bias is not None:
+        bound = 1.0 / math.sqrt(module.in_features)
+        init.uniform_(module.bias, -bound, bound)
+
+
+def zero_bias(module: nn.Module) -> None:
+    if getattr(module, "bias", None) is not None:
+        init.zeros_(module.bias)
+
+
+@INIT_SCHEMES.register("gpt2")
+def gpt2_scheme(module: nn.Module, role: str, config) -> None:
+    """GPT-2: every weight N(0, σ), σ = initializer_range; output projections N(0, σ/sqrt(2·n_layer)); biases 0."""
+    std = config.initializer_range
+    if role in ("attn_out", "mlp_out"):
+        std = std / math.sqrt(2 * config.num_hidden_layers)
+    init.normal_(module.weight, 0.0, std)
+    zero_bias(module)
+
+
+@INIT_SCHEMES.register("normal")
+def normal_scheme(module: nn.Module, role: str, config) -> None:
+    """HF default (Llama, Qwen): every weight N(0, initializer_range), biases 0."""
+    init.normal_(module.weight, 0.0, config.initializer_range)
+    zero_bias(module)
+
+
+@INIT_SCHEMES.register("n4")
+def n4_scheme(module: nn.Module, role: str, config) -> None:
+    """N4 reference: PyTorch defaults (embedding N(0, 1), Linear U(±1/sqrt(fan_in))), except the MLP projections,
+    which are kaiming-normal with a = sqrt(0.5), fan_in mode (std = 1.1547/sqrt(fan_in))."""
+    if role in ("mlp_in", "mlp_out"):
+        init.kaiming_normal_(module.weight, a=math.sqrt(0.5), mode="fan_in", nonlinearity="leaky_relu")
+        if module.bias is not None:
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
+        return
+    torch_default(module)

@@ -1,0 +1,70 @@
+"""Feed-forward blocks. Every MLP maps hidden_size -> hidden_size through `up_proj` and `down_proj`.
+
+| name | formula |
+|---|---|
+| gelu | down(GELU(up x)), GELU exact (erf) or tanh-approximate per `gelu_approximate` |
+| gelu_new | down(GELU_tanh(up x)), GELU_tanh(x) = 0.5x(1 + tanh(sqrt(2/π)(x + 0.044715x³))) (GPT-2's "gelu_new") |
+| relu2 | down(relu(up x)²) (nanochat) |
+| asgg | down(GELU_erf(r) ⊙ σ(g) ⊙ v), [g | r | v] = up x with up: d -> 3I, chunk order (gate, ref, x) (N4) |
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.nn.component import Component
+from lmlab.nn.init import linear
+from lmlab.registry import MLPS
+
+
+class TwoLayerMLP(Component):
+    """down(act(up x)) with `up`: d -> I."""
+
+    def __init__(self, config, activation):
+        super().__init__()
+        self.activation = activation
+        self.up_proj = linear(config.hidden_size, config.intermediate_size, config.mlp_bias, "mlp_in")
+        self.down_proj = linear(config.intermediate_size, config.hidden_size, config.mlp_bias, "mlp_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.activation(self.up_proj(x)))
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+class ASGG(Component):
+    """N4's MLP: a GEGLU (exact GELU) multiplied by a sigmoid gate, from one d -> 3I projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.up_proj = linear(config.hidden_size, 3 * config.intermediate_size, config.mlp_bias, "mlp_in")
+        self.down_proj = linear(config.intermediate_size, config.hidden_size, config.mlp_bias, "mlp_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, ref, value = self.up_proj(x).chunk(3, dim=-1)
+        return self.down_proj(F.gelu(ref) * torch.sigmoid(gate) * value)
+
+
+@MLPS.register("gelu")
+def gelu_mlp(config, layer_idx: int) -> TwoLayerMLP:
+    return TwoLayerMLP(config, partial(F.gelu, approximate=config.gelu_approximate))
+
+
+@MLPS.register("gelu_new")
+def gelu_new_mlp(config, layer_idx: int) -> TwoLayerMLP:
+    return TwoLayerMLP(config, partial(F.gelu, approximate="tanh"))
+
+
+@MLPS.register("relu2")
+def relu2_mlp(config, layer_idx: int) -> TwoLayerMLP:
+    return TwoLayerMLP(config, relu_squared)
+
+
+@MLPS.register("asgg")
+def asgg_mlp(config, layer_idx: int) -> ASGG:
+    return ASGG(config)

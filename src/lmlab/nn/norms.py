@@ -1,0 +1,99 @@
+"""Normalisation layers. Statistics are always computed in fp32 and the result cast back to the input dtype.
+
+| name | formula | parameters |
+|---|---|---|
+| layernorm | (x − mean)/sqrt(var + ε) · w + b | w = 1, b = 0 |
+| layernorm_nobias | (x − mean)/sqrt(var + ε) · w | w = 1 |
+| rmsnorm | x · rsqrt(mean(x²) + ε) · w | w = 1 |
+| dyt | γ · tanh(α x) + β (Zhu et al. 2025, arXiv 2503.10622) | α scalar = dyt_alpha_init, γ = 1, β = 0 |
+| dyt_n4 | w · tanh(x) (N4's reduced DyT: α ≡ 1, β ≡ 0) | w = 1 |
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from lmlab.nn.component import Component
+from lmlab.registry import NORMS
+
+
+class LayerNorm(Component):
+    def __init__(self, dim: int, eps: float, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def reset_parameters(self) -> None:
+        init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        y = F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), bias, self.eps)
+        return y.to(x.dtype)
+
+
+class RMSNorm(Component):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        return y.to(x.dtype)
+
+
+class DyT(Component):
+    """Dynamic Tanh: γ·tanh(αx) + β with a learnable scalar α."""
+
+    def __init__(self, dim: int, alpha_init: float):
+        super().__init__()
+        self.alpha_init = alpha_init
+        self.alpha = nn.Parameter(torch.full((1,), alpha_init))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def reset_parameters(self) -> None:
+        init.constant_(self.alpha, self.alpha_init)
+        init.ones_(self.weight)
+        init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.alpha.float() * x.float()) * self.weight.float() + self.bias.float()
+        return y.to(x.dtype)
+
+
+class ReducedDyT(Component):
+    """N4's DyT: w·tanh(x), no α, no β."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(x.float()) * self.weight.float()).to(x.dtype)
+
+
+NORMS.register("layernorm")(lambda config, dim: LayerNorm(dim, config.norm_eps, bias=True))
+NORMS.register("layernorm_nobias")(lambda config, dim: LayerNorm(dim, config.norm_eps, bias=False))
+NORMS.register("rmsnorm")(lambda config, dim: RMSNorm(dim, config.norm_eps))
+NORMS.register("dyt")(lambda config, dim: DyT(dim, config.dyt_alpha_init))
+NORMS.register("dyt_n4")(lambda config, dim: ReducedDyT(dim))
+
+
+def build_norm(config, dim: int, kind: str | None = None) -> Component:
+    """The norm named `kind` (default: the config's model-wide norm) over `dim` channels."""
+    return NORMS[kind or config.norm](config, dim)

@@ -1,0 +1,59 @@
+"""Named presets: each is a config (an architecture at one size) plus the training recipe it was published with.
+
+Published presets reproduce their model exactly (parameter counts are tested); `-tiny` presets keep the family's
+components at a size that trains in seconds on a CPU. `lmlab info --list` shows them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmlab.registry import UnknownNameError, unknown_name_message
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named architecture configuration.
+
+    config: keyword arguments of `LMLabConfig`.
+    recipe: the training defaults that came with it (optimizer, schedule, sequence length, batch, tokenizer, ...),
+        read by the trainer; `source` says where each published value comes from.
+    """
+
+    name: str
+    family: str
+    description: str
+    config: dict
+    recipe: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} is registered twice")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UnknownNameError(unknown_name_message("preset", name, list(PRESETS)))
+    return PRESETS[name]
+
+
+def list_presets() -> list[Preset]:
+    return [PRESETS[name] for name in sorted(PRESETS)]
+
+
+def preset_config(name: str, **overrides):
+    """The `LMLabConfig` of preset `name`, with keyword overrides applied before validation."""
+    from lmlab.config import LMLabConfig
+
+    return LMLabConfig(**{**get_preset(name).config, "preset": name, **overrides})
+
+
+from lmlab.presets import n4, ngen4  # noqa: E402,F401  (registers the presets)
+
+__all__ = ["PRESETS", "Preset", "get_preset", "list_presets", "preset_config", "register_preset"]
