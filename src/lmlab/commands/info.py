@@ -12,6 +12,7 @@ from lmlab.config import LMLabConfig
 from lmlab.info import describe, parameter_counts
 from lmlab.model import LMLabForCausalLM
 from lmlab.presets import get_preset, list_presets, preset_config
+from lmlab.run_layout import resolve_model_dir
 
 
 def register(subparsers) -> None:
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--list", action="store_true", help="list every preset")
     source.add_argument("--preset", help="a preset name (see --list)")
-    source.add_argument("--model", help="a saved lmlab model directory")
+    source.add_argument("--model", help="a saved lmlab model directory or training run")
     parser.add_argument("--seq-len", type=int, help="sequence length for FLOPs (default: the preset's training "
                                                    "length, else 512)")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         config = preset_config(args.preset)
         seq_len = args.seq_len or get_preset(args.preset).recipe.get("seq_len", 512)
     else:
-        config = LMLabConfig.from_pretrained(args.model)
+        config = LMLabConfig.from_pretrained(resolve_model_dir(args.model))
         seq_len = args.seq_len or config.max_position_embeddings or 512
     facts = describe(config, seq_len)
     if args.json:
