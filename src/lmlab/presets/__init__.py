@@ -16,8 +16,16 @@ class Preset:
     """A named architecture configuration.
 
     config: keyword arguments of `LMLabConfig`.
-    recipe: the training defaults that came with it (optimizer, schedule, sequence length, batch, tokenizer, ...),
-        read by the trainer; `source` says where each published value comes from.
+    recipe: the training defaults that came with it, read by the trainer. Keys:
+        tokenizer    tokenizer spec ("gpt2", "mistral-v1", "mistral-v3", "qwen", "bytes", "bpe:N", HF name or dir)
+        seq_len      training sequence length
+        batch_size   sequences per micro-batch;  grad_accum  micro-batches per optimizer step
+        precision    "fp32" | "bf16" | "fp16" (autocast)
+        optimizer    {"name": "adamw" | "ademamix" | "lion" | "muon", "lr", "betas", "eps", "weight_decay", ...}
+        schedule     {"name": "cosine" | "linear" | "constant" | "wsd" | "warm_start_cosine", "warmup_steps",
+                      "min_lr", ...}
+        grad_clip    global gradient-norm clip, or None
+        source       where the published values come from (card, code, or "inferred: ...")
     """
 
     name: str
