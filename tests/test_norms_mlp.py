@@ -118,7 +118,8 @@ def test_ngen4_init_statistics():
     model = tiny_model("ngen4-50m", vocab_size=50257)
     layer = model.model.layers[0]
     assert model.model.embed_tokens.weight.std().item() == pytest.approx(0.02, rel=0.02)
-    assert layer.mixer.qkv_proj.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    for proj in (layer.mixer.q_proj, layer.mixer.k_proj, layer.mixer.v_proj):
+        assert proj.weight.std().item() == pytest.approx(0.02, rel=0.03)
     assert layer.mixer.out_proj.weight.std().item() == pytest.approx(0.02 / 4, rel=0.03)
     assert layer.mlp.down_proj.weight.std().item() == pytest.approx(0.02 / 4, rel=0.03)
-    assert torch.count_nonzero(layer.mixer.qkv_proj.bias) == 0
+    assert torch.count_nonzero(layer.mixer.q_proj.bias) == 0

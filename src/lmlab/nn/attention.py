@@ -110,8 +110,8 @@ def attention_backend(config) -> str:
 
 
 class SoftmaxAttention(Component):
-    """Multi-head causal attention with grouped KV heads (MHA, GQA, MQA), fused [q | k | v] projection,
-    optional rotary encoding and sliding window."""
+    """Multi-head causal attention with grouped KV heads (MHA, GQA, MQA), separate q / k / v projections (so
+    adapters such as LoRA can target each), optional rotary encoding and sliding window."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -123,18 +123,16 @@ class SoftmaxAttention(Component):
         self.scale = config.attention_softmax_scale
         self.window = config.layer_spec(layer_idx).window
         d = config.hidden_size
-        self.qkv_proj = linear(d, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, config.attention_bias,
-                               "attn_in")
+        self.q_proj = linear(d, self.num_heads * self.head_dim, config.attention_bias, "attn_in")
+        self.k_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
+        self.v_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
         self.out_proj = linear(self.num_heads * self.head_dim, d, config.attention_bias, "attn_out")
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(
-            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
-            dim=-1)
-        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if ctx.rotation is not None:
             q, k = ctx.rotation.queries(q), ctx.rotation.keys(k)
         if ctx.cache is not None:
