@@ -10,8 +10,8 @@ For an input u (d channels) and neuron j with weight row w_j:
 - ε̃ = softplus(ε_raw), learnable (`yatnmn_softplus`), or the constant `yatnmn_epsilon` (`yatnmn`);
 - α is learnable (init 1) or the constant `yatnmn_constant_alpha`.
 
-The ratio is the nonlinearity: the MLP is down(YatNMN(u)) with no other activation. The whole score runs in fp32
-(autocast off, inputs and weights upcast) and is cast back to the input dtype.
+The ratio is the nonlinearity: the MLP is down(YatNMN(u)) with no other activation. The whole score runs in at
+least fp32 (autocast off, inputs and weights upcast) and is cast back to the input dtype.
 
 Init: weight by the config's scheme as an MLP input projection (role "mlp_in"); b = 0; ε_raw = ln(expm1(ε)) so
 that softplus(ε_raw) = yatnmn_epsilon; α = 1.
@@ -65,13 +65,16 @@ class YatNMN(Component):
             init.ones_(self.alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(x.dtype, torch.float32)  # at least fp32; fp64 stays fp64
         with autocast_disabled(x.device):
-            u, w = x.float(), self.weight.float()
+            u, w = x.to(dtype), self.weight.to(dtype)
             dot = F.linear(u, w)
             distance = (u.square().sum(-1, keepdim=True) + w.square().sum(-1) - 2.0 * dot).clamp_min(0.0)
-            bias = F.softplus(self.bias.float()) if self.softplus else self.bias.float()
-            epsilon = F.softplus(self.raw_epsilon.float()) if self.raw_epsilon is not None else self.epsilon
-            alpha = self.alpha.float() if self.alpha is not None else self.constant_alpha
+            bias = self.bias.to(dtype)
+            if self.softplus:
+                bias = F.softplus(bias)
+            epsilon = F.softplus(self.raw_epsilon.to(dtype)) if self.raw_epsilon is not None else self.epsilon
+            alpha = self.alpha.to(dtype) if self.alpha is not None else self.constant_alpha
             y = (dot + bias).square() / (distance + epsilon) * alpha
         return y.to(x.dtype)
 
