@@ -131,10 +131,11 @@ class Yat_GPT(nn.Module):
         self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(vocab_size, n_embd)
                                            for i in range(n_layer) if has_ve(i, n_layer)})
         head_dim = n_embd // n_head
-        inv_freq = rope_base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        angles = torch.arange(10 * sequence_len, dtype=torch.float64)[:, None] * inv_freq
-        self.register_buffer("rope_cos", angles.cos().float()[None, :, None, :])
-        self.register_buffer("rope_sin", angles.sin().float()[None, :, None, :])
+        # φ_{t,m} = t · base^(−2m/D), in fp32 like the released port's persistent tables
+        inv_freq = 1.0 / rope_base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(10 * sequence_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("rope_cos", angles.cos()[None, :, None, :])
+        self.register_buffer("rope_sin", angles.sin()[None, :, None, :])
 
     def forward(self, idx):
         t = idx.shape[1]

@@ -59,6 +59,7 @@ _BLOCK_RENAMES = {
 }
 _BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(.+)$")
 _VALUE_EMBED_KEY = re.compile(r"value_embeds\.(\d+)\.weight$")
+_GATE_KEY = re.compile(r"blocks\.(\d+)\.attn\.ve_gate\.weight$")
 
 
 def _is_recomputed_buffer(key: str) -> bool:
@@ -134,7 +135,7 @@ def yatgpt_config_from_state_dict(state: dict[str, torch.Tensor], mlp: str | Non
                                           f"{', '.join(sorted(state)[:5])})")
     vocab, hidden = state["wte.weight"].shape
     num_layers = 1 + max(int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k)))
-    gates = {int(m.group(1)): v for k, v in state.items() if (m := re.match(r"blocks\.(\d+)\.attn\.ve_gate\.weight$", k))}
+    gates = {int(m.group(1)): v for k, v in state.items() if (m := _GATE_KEY.match(k))}
     if not gates:
         raise CheckpointMismatchError("no blocks.{i}.attn.ve_gate.weight found: the head count of a yatgpt "
                                       "checkpoint is read off its value-embedding gates")
