@@ -30,6 +30,24 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def measure(t: int, window: int, heads: int, head_dim: int, dtype: torch.dtype, repeats: int) -> dict:
+    q, k, v = (torch.randn(1, heads, t, head_dim, dtype=dtype) for _ in range(3))
+    scale = head_dim ** -0.5
+    mask = visibility_mask(t, t, 0, 0, None, window, q.device)
+
+    def blocked():
+        return causal_attention(q, k, v, scale=scale, q_start=0, window=window)
+
+    def dense():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    max_diff = (blocked().float() - dense().float()).abs().max().item()
+    blocked_s, dense_s = median_seconds(blocked, repeats), median_seconds(dense, repeats)
+    block = min(WINDOW_QUERY_BLOCK, t)
+    return {"seq_len": t, "blocked_s": blocked_s, "dense_masked_s": dense_s, "dense_over_blocked": dense_s / blocked_s,
+            "blocked_largest_scores": [block, block + window], "dense_scores": [t, t], "max_abs_diff": max_diff}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
@@ -40,26 +58,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    results = []
-    for t in args.lengths:
-        q, k, v = (torch.randn(1, args.heads, t, args.head_dim, dtype=dtype) for _ in range(3))
-        scale = args.head_dim ** -0.5
-        mask = visibility_mask(t, t, 0, 0, None, args.window, q.device)
-
-        def blocked():
-            return causal_attention(q, k, v, scale=scale, q_start=0, window=args.window)
-
-        def dense():
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-        max_diff = (blocked().float() - dense().float()).abs().max().item()
-        blocked_s, dense_s = median_seconds(blocked, args.repeats), median_seconds(dense, args.repeats)
-        block = min(WINDOW_QUERY_BLOCK, t)
-        results.append({
-            "seq_len": t, "blocked_s": blocked_s, "dense_masked_s": dense_s, "dense_over_blocked": dense_s / blocked_s,
-            "blocked_largest_scores": [block, block + args.window], "dense_scores": [t, t],
-            "max_abs_diff": max_diff,
-        })
+    results = [measure(t, args.window, args.heads, args.head_dim, dtype, args.repeats) for t in args.lengths]
     print(json.dumps({"benchmark": "windowed_attention", "machine": platform.processor() or platform.machine(),
                       "threads": torch.get_num_threads(), "dtype": args.dtype, "window": args.window,
                       "heads": args.heads, "head_dim": args.head_dim, "results": results}, indent=2))
