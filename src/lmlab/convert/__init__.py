@@ -85,4 +85,4 @@ def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     model.load_state_dict(state, strict=not tied)
 
 
-from lmlab.convert import n4, ngen4  # noqa: E402,F401  (registers the converters)
+from lmlab.convert import n4, ngen4, yatgpt  # noqa: E402,F401  (registers the converters)

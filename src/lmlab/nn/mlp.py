@@ -6,6 +6,7 @@
 | gelu_new | down(GELU_tanh(up x)), GELU_tanh(x) = 0.5x(1 + tanh(sqrt(2/π)(x + 0.044715x³))) (GPT-2's "gelu_new") |
 | relu2 | down(relu(up x)²) (nanochat) |
 | asgg | down(GELU_erf(r) ⊙ σ(g) ⊙ v), [g | r | v] = up x with up: d -> 3I, chunk order (gate, ref, x) (N4) |
+| yatnmn, yatnmn_softplus | down(YatNMN(x)) (yatgpt; lmlab.nn.yatnmn) |
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lmlab.nn.component import Component
 from lmlab.nn.init import linear
@@ -21,16 +23,19 @@ from lmlab.registry import MLPS
 
 
 class TwoLayerMLP(Component):
-    """down(act(up x)) with `up`: d -> I."""
+    """down(act(up x)) with `up`: d -> I, a Linear unless another d -> I layer is given (YatNMN, whose ratio is the
+    nonlinearity: then `activation` is None)."""
 
-    def __init__(self, config, activation):
+    def __init__(self, config, activation, up_proj: nn.Module | None = None):
         super().__init__()
         self.activation = activation
-        self.up_proj = linear(config.hidden_size, config.intermediate_size, config.mlp_bias, "mlp_in")
+        self.up_proj = up_proj if up_proj is not None else linear(config.hidden_size, config.intermediate_size,
+                                                                  config.mlp_bias, "mlp_in")
         self.down_proj = linear(config.intermediate_size, config.hidden_size, config.mlp_bias, "mlp_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.activation(self.up_proj(x)))
+        hidden = self.up_proj(x)
+        return self.down_proj(hidden if self.activation is None else self.activation(hidden))
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:

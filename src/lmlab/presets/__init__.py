@@ -6,6 +6,7 @@ components at a size that trains in seconds on a CPU. `lmlab info --list` shows 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmlab.registry import UnknownNameError, unknown_name_message
@@ -21,10 +22,13 @@ class Preset:
         seq_len      training sequence length
         batch_size   sequences per micro-batch;  grad_accum  micro-batches per optimizer step
         precision    "fp32" | "bf16" | "fp16" (autocast)
-        optimizer    {"name": "adamw" | "ademamix" | "lion" | "muon", "lr", "betas", "eps", "weight_decay", ...}
+        optimizer    {"name": "adamw" | "ademamix" | "lion" | "muon", "lr", "betas", "eps", "weight_decay", ...};
+                     "weight_decay_params": "all" decays every parameter (embeddings, norms, scalars included)
         schedule     {"name": "cosine" | "linear" | "constant" | "wsd" | "warm_start_cosine", "warmup_steps",
                       "min_lr", ...}
         grad_clip    global gradient-norm clip, or None
+        tokens_per_parameter   training length as a Chinchilla-style budget (lmlab.budget: tokens = this × the
+                     model's parameter count, steps = tokens / (batch_size × grad_accum × seq_len))
         source       where the published values come from (card, code, or "inferred: ...")
     """
 
@@ -36,6 +40,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {}
+# resolvers of parameterised families (e.g. "yatgpt-d{N}"): name -> Preset, or None for names they do not own
+PRESET_FAMILIES: list[Callable[[str], Preset | None]] = []
 
 
 def register_preset(preset: Preset) -> Preset:
@@ -45,10 +51,21 @@ def register_preset(preset: Preset) -> Preset:
     return preset
 
 
+def register_preset_family(resolver: Callable[[str], Preset | None]) -> Callable[[str], Preset | None]:
+    """Add a resolver that builds presets of a parameterised family on demand, so every size of it works by name
+    while `list_presets()` shows only the sizes registered with `register_preset`."""
+    PRESET_FAMILIES.append(resolver)
+    return resolver
+
+
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise UnknownNameError(unknown_name_message("preset", name, list(PRESETS)))
-    return PRESETS[name]
+    if name in PRESETS:
+        return PRESETS[name]
+    for resolve in PRESET_FAMILIES:
+        preset = resolve(name)
+        if preset is not None:
+            return preset
+    raise UnknownNameError(unknown_name_message("preset", name, list(PRESETS)))
 
 
 def list_presets() -> list[Preset]:
@@ -62,6 +79,7 @@ def preset_config(name: str, **overrides):
     return LMLabConfig(**{**get_preset(name).config, "preset": name, **overrides})
 
 
-from lmlab.presets import n4, ngen4  # noqa: E402,F401  (registers the presets)
+from lmlab.presets import n4, ngen4, yatgpt  # noqa: E402,F401  (registers the presets)
 
-__all__ = ["PRESETS", "Preset", "get_preset", "list_presets", "preset_config", "register_preset"]
+__all__ = ["PRESETS", "PRESET_FAMILIES", "Preset", "get_preset", "list_presets", "preset_config", "register_preset",
+           "register_preset_family"]
