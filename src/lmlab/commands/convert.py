@@ -18,12 +18,17 @@ def register(subparsers) -> None:
     parser.add_argument("out_dir", help="output model directory")
     parser.add_argument("--heads", type=int, default=8, help="ngen4 only: attention heads (default 8)")
     parser.add_argument("--max-positions", type=int, default=512, help="ngen4 only: position limit (default 512)")
+    parser.add_argument("--xpos-scale-base", type=float, default=512.0,
+                        help="nyx only: XPOS scale base, not stored in checkpoints (default 512, NYX's)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     state = read_state_dict(args.src)
-    extra = {"num_heads": args.heads, "max_position_embeddings": args.max_positions} if args.family == "ngen4" else {}
+    extra = {
+        "ngen4": {"num_heads": args.heads, "max_position_embeddings": args.max_positions},
+        "nyx": {"xpos_scale_base": args.xpos_scale_base},
+    }.get(args.family, {})
     model = CONVERTERS[args.family](state, **extra)
     model.save_pretrained(args.out_dir)
     print(f"converted {len(state)} tensors from {args.src} into {args.out_dir} "

@@ -1,3 +1,3 @@
 """The component bin. Importing this package registers every component with its registry."""
 
-from lmlab.nn import attention, blocks, init, mlp, norms, position, selective_copy  # noqa: F401
+from lmlab.nn import attention, blocks, init, mlp, norms, position, selective_copy, xpos  # noqa: F401
