@@ -83,6 +83,8 @@ def test_finetuning_moves_only_adapters_and_merges_exactly(preset):
     with torch.no_grad():
         adapted = lora(x).logits
     assert (adapted - before).abs().max() > 1e-4, "fine-tuning did not change the outputs"
+    with lora.disable_adapter(), torch.no_grad():  # PaLM-rlhf's disable_lora: the base model, untouched
+        assert torch.equal(lora(x).logits, before)
     merged = merge_lora(lora)
     assert type(merged) is LMLabForCausalLM
     assert set(merged.state_dict()) == set(base)
@@ -111,6 +113,7 @@ def test_adapter_size_matches_the_palm_design():
     layer = sum(p.numel() for name, p in lora.named_parameters() if ".layers.0." in name and "lora_" in name)
     assert layer == 25_600
     assert sum(p.numel() for p in trainable_parameters(lora)) == 204_800
+    assert sum(p.numel() for name, p in lora.named_parameters() if "lora_" not in name) == 30_020_096
 
 
 def test_targets_are_configurable_and_checked():
@@ -142,7 +145,7 @@ def test_adapters_save_alone_and_load_back(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, adapted)
     assert not trainable_parameters(loaded)  # inference by default
-    resumed = load_lora(tiny_model("nyx-tiny"), tmp_path / "adapter", trainable=True)
+    resumed = load_lora(tiny_model("nyx-tiny"), tmp_path, trainable=True)  # a checkpoint holding adapter/
     assert {n for n, p in resumed.named_parameters() if p.requires_grad} == \
         {n for n, p in lora.named_parameters() if p.requires_grad}
 
@@ -151,7 +154,7 @@ def test_adapters_that_do_not_fit_are_refused(tmp_path):
     lora = finetune(apply_lora(base_model("nyx-tiny")))
     save_lora(lora, tmp_path / "adapter")
     with pytest.raises(FileNotFoundError, match="holds no adapter_config.json"):
-        load_lora(tiny_model("nyx-tiny"), tmp_path)
+        load_lora(tiny_model("nyx-tiny"), tmp_path / "adapter" / "absent")
     weights = tmp_path / "adapter" / "adapter_model.safetensors"
     saved = load_file(str(weights))
     del saved[sorted(saved)[0]]
@@ -178,7 +181,7 @@ def test_export_merges_adapters_into_a_plain_model_directory(tmp_path, capsys):
         assert (exported(x).logits - adapted).abs().max().item() <= 1e-5
     assert (out / "tokenizer.json").is_file() and not (out / "optimizer.pt").exists()
     assert "peft" not in json.loads((out / "config.json").read_text()).get("architectures", [""])[0].lower()
-    assert main(["export", str(tmp_path / "base"), str(tmp_path / "x"), "--merge-lora", str(tmp_path)]) == 2
+    assert main(["export", str(tmp_path / "base"), str(tmp_path / "x"), "--merge-lora", str(tmp_path / "base")]) == 2
     assert "holds no adapter_config.json" in capsys.readouterr().err
 
 

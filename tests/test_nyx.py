@@ -11,6 +11,7 @@ from lmlab import LMLabForCausalLM, count_parameters, preset_config
 from lmlab.cli import main
 from lmlab.convert import CheckpointMismatchError
 from lmlab.convert.nyx import convert_nyx, split_fused_projection
+from lmlab.info import forward_flops_per_token
 from lmlab.nn.context import ForwardContext
 from reference.nyx_official import NYX
 
@@ -34,6 +35,14 @@ def test_published_parameter_counts():
     card = dict(vocab_size=50257, hidden_size=128, num_attention_heads=4, head_dim=32, intermediate_size=256)
     assert meta_count(num_hidden_layers=2, **card) == 6_711_808
     assert meta_count(num_hidden_layers=8, **card) == 7_548_160
+
+
+def test_forward_flops_count_the_split_projections_once():
+    """Per layer: q (d·hd_h), shared k and v (2·d·d_h), SwiGLU up (2f·d), out (hd_h·d), down (f·d), attention over
+    the T×T square; plus the tied head. XPOS tables on the meta device must not need values."""
+    t, d, layers, inner, kv, ff, vocab = 1024, 512, 8, 512, 64, 2048, 256
+    per_layer = d * inner + 2 * d * kv + 2 * ff * d + inner * d + ff * d + 2 * t * inner
+    assert forward_flops_per_token(preset_config("nyx-30m"), t) == 2 * (layers * per_layer + d * vocab)
 
 
 def test_reference_state_dict_has_the_published_layout():

@@ -114,16 +114,25 @@ def save_lora(model: PeftModel, directory: str | Path) -> Path:
     return directory
 
 
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """The adapter directory named by `path`: itself, or its `adapter/` subdirectory (a training checkpoint)."""
+    path = Path(path)
+    for directory in (path, path / ADAPTER_DIR):
+        if (directory / ADAPTER_CONFIG).is_file():
+            if not (directory / ADAPTER_WEIGHTS).is_file():
+                raise FileNotFoundError(f"{directory} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
+            return directory
+    raise FileNotFoundError(f"{path} holds no {ADAPTER_CONFIG} (nor {ADAPTER_DIR}/{ADAPTER_CONFIG}); pass the "
+                            "directory that save_lora (or `lmlab finetune --lora`) wrote")
+
+
 def load_lora(base: LMLabForCausalLM, directory: str | Path, trainable: bool = False) -> PeftModel:
-    """`base` (modified in place) with the adapters saved in `directory`; every adapter tensor must load.
+    """`base` (modified in place) with the adapters saved in `directory` (see resolve_adapter_dir); every adapter
+    tensor must load.
 
     trainable=False gives an inference model; True resumes fine-tuning (adapters trainable, base frozen).
     """
-    directory = Path(directory)
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory} holds no {name}; pass the directory that save_lora (or "
-                                    "`lmlab finetune --lora`) wrote")
+    directory = resolve_adapter_dir(directory)
     model = PeftModel.from_pretrained(base, directory, is_trainable=trainable)
     _check_all_adapter_weights_loaded(model, directory)
     return model
@@ -153,4 +162,4 @@ def merge_lora(model: PeftModel) -> LMLabForCausalLM:
 
 
 __all__ = ["ADAPTER_DIR", "LoraSettings", "adapter_parameter_count", "apply_lora", "default_targets", "load_lora",
-           "merge_lora", "mixer_projections", "save_lora", "trainable_parameters"]
+           "merge_lora", "mixer_projections", "resolve_adapter_dir", "save_lora", "trainable_parameters"]

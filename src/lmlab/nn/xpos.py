@@ -29,6 +29,7 @@ from lmlab.nn.position import RotaryEmbedding, Rotation
 from lmlab.registry import POSITIONS
 
 XPOS_CENTRE = 0
+SMALLEST_DECAY_BASE = 0.4 / 1.4  # ζ_0 for every r: the fastest-growing key scale
 
 
 def xpos_decay_bases(rotary_dim: int) -> torch.Tensor:
@@ -94,10 +95,10 @@ class XPosEmbedding(RotaryEmbedding):
         if not position_ids.is_meta:
             low, high = torch.aminmax(position_ids)
             furthest = max(abs(int(low) - XPOS_CENTRE), abs(int(high) - XPOS_CENTRE))
-        max_key_scale = math.exp(-float(log_decay.min()) * furthest / self.scale_base)
+        max_key_scale = (1.0 / SMALLEST_DECAY_BASE) ** (furthest / self.scale_base)
         return XPosRotation(rotation.cos, rotation.sin, scale, max_key_scale, furthest)
 
 
 POSITIONS.register("xpos")(XPosEmbedding)
 
-__all__ = ["XPOS_CENTRE", "XPosEmbedding", "XPosRotation", "xpos_decay_bases"]
+__all__ = ["SMALLEST_DECAY_BASE", "XPOS_CENTRE", "XPosEmbedding", "XPosRotation", "xpos_decay_bases"]
