@@ -91,10 +91,8 @@ class XPosEmbedding(RotaryEmbedding):
         exponent = (position_ids[:, None, :, None].float() - XPOS_CENTRE) / self.scale_base  # (B, 1, T, 1)
         scale = torch.exp(exponent * log_decay)
         scale = torch.cat((scale, scale), dim=-1)  # (B, 1, T, r)
-        furthest = 0  # shape-only (meta) runs have no positions to check
-        if not position_ids.is_meta:
-            low, high = torch.aminmax(position_ids)
-            furthest = max(abs(int(low) - XPOS_CENTRE), abs(int(high) - XPOS_CENTRE))
+        # shape-only (meta) runs have no positions to check
+        furthest = 0 if position_ids.is_meta else int((position_ids - XPOS_CENTRE).abs().max())
         max_key_scale = (1.0 / SMALLEST_DECAY_BASE) ** (furthest / self.scale_base)
         return XPosRotation(rotation.cos, rotation.sin, scale, max_key_scale, furthest)
 
