@@ -12,6 +12,9 @@ r·(h·d_h + d) adapter parameters, 25,600 for nyx-30m at r = 8 (204,800 in all)
 normalised input, so the q/k/v adapters see what the base projections see (NYX's own LoRA fed them the raw input,
 one of its four bugs; spec nyx.md §7).
 
+PaLM-rlhf's named "finetune scopes" are PEFT adapter names (`model.add_adapter(name, LoraConfig)`,
+`model.set_adapter(name)`), and its `disable_lora` flag is `with model.disable_adapter(): ...`.
+
 How a trainer uses it:
 
     model = apply_lora(model, LoraSettings(rank=8))           # before building the optimizer
