@@ -123,6 +123,11 @@ class LMLabConfig(PreTrainedConfig):
     # init
     initializer_range: float = 0.02
 
+    # parallel-block family (NYX): feed-forward dropout (SwiGLU hidden), XPOS decay, a target the loss never scores
+    mlp_dropout: float = 0.0
+    xpos_scale_base: float = 512.0
+    loss_ignore_token_id: int | None = None
+
     # tokens
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None

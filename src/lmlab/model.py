@@ -23,7 +23,7 @@ from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.embedding_stage import EmbeddingStage
 from lmlab.nn.init import embedding, initialise, linear
-from lmlab.nn.loss import shifted_cross_entropy
+from lmlab.nn.loss import mask_ignored_targets, shifted_cross_entropy
 from lmlab.nn.norms import build_norm
 from lmlab.nn.residual_stream import ResidualStream
 from lmlab.registry import BLOCKS, POSITIONS
@@ -35,7 +35,7 @@ class LMLabPreTrainedModel(PreTrainedModel):
     config_class = LMLabConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["PreNormBlock", "SandwichBlock"]
+    _no_split_modules = ["PreNormBlock", "SandwichBlock", "ParallelBlock"]
     _supports_sdpa = True
     _supports_flash_attn = True
 
@@ -178,8 +178,9 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
                 position_ids: torch.LongTensor | None = None, past_key_values: LMLabCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
-        """`labels` are the input ids with padding set to −100; the model shifts them. `logits_to_keep = k`
-        computes logits for the last k positions only (0 = all)."""
+        """`labels` are the input ids with padding set to −100; the model shifts them (targets equal to
+        `config.loss_ignore_token_id` are not scored either). `logits_to_keep = k` computes logits for the last k
+        positions only (0 = all)."""
         if labels is not None and use_cache is None:
             use_cache = False
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -195,6 +196,7 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
         if labels is not None:
             if logits_to_keep:
                 raise ValueError("labels need logits for every position; do not combine them with logits_to_keep")
+            labels = mask_ignored_targets(labels, self.config.loss_ignore_token_id)
             loss = shifted_cross_entropy(logits, labels)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
 

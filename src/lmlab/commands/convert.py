@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seq-len", type=int,
                         help="yatgpt only: training length, which sets the sliding windows (default: read off the "
                              "rope buffers when stored, else 1024)")
+    parser.add_argument("--xpos-scale-base", type=float, default=512.0,
+                        help="nyx only: XPOS scale base, not stored in checkpoints (default 512, NYX's)")
     parser.set_defaults(run=run)
 
 
@@ -32,6 +34,8 @@ def _family_options(args: argparse.Namespace) -> dict:
         return {"num_heads": args.heads, "max_position_embeddings": args.max_positions}
     if args.family == "yatgpt":
         return {"mlp": args.mlp, "sequence_len": args.seq_len}
+    if args.family == "nyx":
+        return {"xpos_scale_base": args.xpos_scale_base}
     return {}
 
 

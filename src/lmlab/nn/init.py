@@ -116,3 +116,14 @@ def flaxchat_scheme(module: nn.Module, role: str, config) -> None:
     else:
         init.uniform_(module.weight, -s, s)
     zero_bias(module)
+
+
+@INIT_SCHEMES.register("nyx")
+def nyx_scheme(module: nn.Module, role: str, config) -> None:
+    """NYX / PaLM-rlhf: token embedding (and a head, tied or not) N(0, initializer_range); every other projection
+    PyTorch's default U(±1/sqrt(fan_in))."""
+    if role in ("embed", "head"):
+        init.normal_(module.weight, 0.0, config.initializer_range)
+        zero_bias(module)
+        return
+    torch_default(module)

@@ -7,6 +7,7 @@
 | relu2 | down(relu(up x)²) (nanochat) |
 | asgg | down(GELU_erf(r) ⊙ σ(g) ⊙ v), [g | r | v] = up x with up: d -> 3I, chunk order (gate, ref, x) (N4) |
 | yatnmn, yatnmn_softplus | down(YatNMN(x)) (yatgpt; lmlab.nn.yatnmn) |
+| swiglu | down(dropout(a ⊙ SiLU(g))), [a | g] = up x with up: d -> 2I, value half first, gate second (NYX / PaLM) |
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ class ASGG(Component):
         return self.down_proj(F.gelu(ref) * torch.sigmoid(gate) * value)
 
 
+class SwiGLU(Component):
+    """Shazeer's SwiGLU in NYX's layout: one d -> 2I projection whose first half is the value a and second half the
+    gate g; `mlp_dropout` acts on a ⊙ SiLU(g) before the down projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.up_proj = linear(config.hidden_size, 2 * config.intermediate_size, config.mlp_bias, "mlp_in")
+        self.dropout = nn.Dropout(config.mlp_dropout)
+        self.down_proj = linear(config.intermediate_size, config.hidden_size, config.mlp_bias, "mlp_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.dropout(value * F.silu(gate)))
+
+
 @MLPS.register("gelu")
 def gelu_mlp(config, layer_idx: int) -> TwoLayerMLP:
     return TwoLayerMLP(config, partial(F.gelu, approximate=config.gelu_approximate))
@@ -73,3 +89,8 @@ def relu2_mlp(config, layer_idx: int) -> TwoLayerMLP:
 @MLPS.register("asgg")
 def asgg_mlp(config, layer_idx: int) -> ASGG:
     return ASGG(config)
+
+
+@MLPS.register("swiglu")
+def swiglu_mlp(config, layer_idx: int) -> SwiGLU:
+    return SwiGLU(config)
