@@ -24,6 +24,7 @@ class Environment:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this run created the process group (and so destroys it at the end)
 
     @property
     def is_main(self) -> bool:
@@ -45,13 +46,14 @@ def setup(device: str | None = None) -> Environment:
         target = torch.device("cuda", local_rank)
     else:
         target = torch.device(device)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
-    return Environment(rank, local_rank, world_size, target)
+    return Environment(rank, local_rank, world_size, target, owns_group)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
+def teardown(env: Environment) -> None:
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -228,7 +228,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
     try:
         return _train(config, run_dir, resume, env, say)
     finally:
-        dist_utils.teardown()
+        dist_utils.teardown(env)
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, env: dist_utils.Environment, log) -> TrainResult:
