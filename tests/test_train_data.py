@@ -10,8 +10,16 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lmlab.data import (DataError, PackedWindows, ShuffledSampler, TokenizerError, build_token_file,
-                        load_tokenizer, open_corpus, split_tokens)
+from lmlab.data import (
+    DataError,
+    PackedWindows,
+    ShuffledSampler,
+    TokenizerError,
+    build_token_file,
+    load_tokenizer,
+    open_corpus,
+    split_tokens,
+)
 from lmlab.data.sources import StdlibCorpus, TextFiles, stdlib_files
 from lmlab.data.tokenizers import QWEN_SPECIALS
 

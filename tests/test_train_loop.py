@@ -8,14 +8,13 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, shared_data
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import REPO, shared_data
 from lmlab.cli import main
 from lmlab.run_layout import resolve_model_dir
 from lmlab.train import TrainingDiverged, config_from_recipe, train

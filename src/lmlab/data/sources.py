@@ -30,6 +30,7 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 STDLIB = "stdlib"
 HF_PREFIX = "hf:"
@@ -81,11 +82,25 @@ def _missing_field(field: str, where: str, available) -> DataError:
 
 
 @dataclass(frozen=True)
-class JsonlFiles:
-    """JSON-lines files: one object per line, the document is `obj[field]` (blank lines are skipped)."""
+class RecordFiles:
+    """Files of records (JSON lines, parquet rows) whose text is one field."""
 
     paths: tuple[Path, ...]
     field: str = DEFAULT_TEXT_FIELD
+    kind: ClassVar[str] = ""
+
+    def fingerprint(self) -> str:
+        return _digest(self.kind, self.field, [_file_stamp(p) for p in self.paths])
+
+    def describe(self) -> str:
+        return f"{len(self.paths)} {self.kind} file(s), field {self.field!r}"
+
+
+@dataclass(frozen=True)
+class JsonlFiles(RecordFiles):
+    """JSON-lines files: one object per line, the document is `obj[field]` (blank lines are skipped)."""
+
+    kind: ClassVar[str] = "jsonl"
 
     def documents(self) -> Iterator[str]:
         for path in self.paths:
@@ -103,19 +118,12 @@ class JsonlFiles:
                                              record.keys() if isinstance(record, dict) else [])
                     yield str(record[self.field])
 
-    def fingerprint(self) -> str:
-        return _digest("jsonl", self.field, [_file_stamp(p) for p in self.paths])
-
-    def describe(self) -> str:
-        return f"{len(self.paths)} jsonl file(s), field {self.field!r}"
-
 
 @dataclass(frozen=True)
-class ParquetFiles:
+class ParquetFiles(RecordFiles):
     """Parquet files: one row per document, column `field`."""
 
-    paths: tuple[Path, ...]
-    field: str = DEFAULT_TEXT_FIELD
+    kind: ClassVar[str] = "parquet"
 
     def documents(self) -> Iterator[str]:
         import pyarrow.parquet as pq
@@ -126,12 +134,6 @@ class ParquetFiles:
                 raise _missing_field(self.field, str(path), table.schema_arrow.names)
             for batch in table.iter_batches(columns=[self.field], batch_size=1024):
                 yield from (text for text in batch.column(0).to_pylist() if text is not None)
-
-    def fingerprint(self) -> str:
-        return _digest("parquet", self.field, [_file_stamp(p) for p in self.paths])
-
-    def describe(self) -> str:
-        return f"{len(self.paths)} parquet file(s), column {self.field!r}"
 
 
 @dataclass(frozen=True)

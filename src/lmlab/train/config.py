@@ -157,4 +157,5 @@ def model_vocab_size(preset_vocab: int, recipe_tokenizer: str | None, tokenizer_
     return size, f"vocab_size {size:,}: {why}"
 
 
-__all__ = ["FREE_KEYS", "PRECISIONS", "TrainConfig", "apply_overrides", "config_from_recipe", "model_vocab_size", "padded_vocab_size"]
+__all__ = ["FREE_KEYS", "PRECISIONS", "TrainConfig", "apply_overrides", "config_from_recipe", "model_vocab_size",
+           "padded_vocab_size"]

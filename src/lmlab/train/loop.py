@@ -26,15 +26,30 @@ import numpy as np
 import torch
 
 from lmlab.budget import chinchilla_tokens, steps_for_tokens
-from lmlab.data import (PackedWindows, ShuffledSampler, build_token_file, default_cache_dir, load_tokenizer,
-                        open_corpus, split_tokens)
+from lmlab.data import (
+    PackedWindows,
+    ShuffledSampler,
+    build_token_file,
+    default_cache_dir,
+    load_tokenizer,
+    open_corpus,
+    split_tokens,
+)
 from lmlab.data.token_cache import cache_key
 from lmlab.model import LMLabForCausalLM, count_parameters
 from lmlab.presets import get_preset, preset_config
 from lmlab.run_layout import CHECKPOINTS
 from lmlab.train import distributed as dist_utils
-from lmlab.train.checkpoint import (TRAIN_CONFIG, check_compatible, latest_checkpoint, load_trainer_state,
-                                    remove_leftovers, restore_rng_state, rng_state, save_checkpoint)
+from lmlab.train.checkpoint import (
+    TRAIN_CONFIG,
+    check_compatible,
+    latest_checkpoint,
+    load_trainer_state,
+    remove_leftovers,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from lmlab.train.config import TrainConfig, model_vocab_size
 from lmlab.train.metrics import MetricsLogger
 from lmlab.train.optim import build_optimizers
