@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import torch
@@ -112,6 +113,7 @@ def main() -> None:
         flops = {key: 3 * forward_flops_per_token(model, batch) for key, model in models.items()}
         for precision in ("fp32", "bf16"):
             rates = {key: tokens_per_second(model, batch, precision, args.seconds) for key, model in models.items()}
+            print(f"{name} {precision}: {rates}", file=sys.stderr, flush=True)
             results.append({
                 "preset": name, "precision": precision, "hidden": config.hidden_size,
                 "layers": config.num_hidden_layers, "vocab": config.vocab_size,
