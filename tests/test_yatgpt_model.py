@@ -9,7 +9,6 @@ import torch
 
 from conftest import TINY_VOCAB, randomise_parameters, tiny_model
 from lmlab import LMLabForCausalLM, count_parameters, get_preset, list_presets, preset_config
-from lmlab.budget import chinchilla_tokens, steps_for_tokens
 from lmlab.cache import KVCache, SlidingKVCache
 from lmlab.cli import main
 from lmlab.nn.embedding_stage import Smear
@@ -64,21 +63,24 @@ def test_depth_family_follows_nanochat_width_rule():
 
 
 def test_recipe_reproduces_the_card_step_count():
-    recipe = get_preset("yatgpt-d12").recipe
-    tokens_per_step = recipe["batch_size"] * recipe["grad_accum"] * recipe["seq_len"]
-    assert tokens_per_step == 256 * 1024
+    """The trainer's budget from the preset's recipe: Chinchilla 1× of 256 × 1024-token steps = the card's count."""
+    from lmlab.train.config import config_from_recipe
+    from lmlab.train.loop import resolve_steps
+    from lmlab.train.optim import parameter_groups
 
-    def steps(**overrides):
-        tokens = chinchilla_tokens(meta_count("yatgpt-d12", **overrides), recipe["tokens_per_parameter"])
-        return steps_for_tokens(tokens, recipe["batch_size"] * recipe["grad_accum"], recipe["seq_len"])
-
-    assert steps() == 19_922
-    assert steps(mlp="gelu") == 19_920
-    optimizer, schedule = recipe["optimizer"], recipe["schedule"]
-    assert optimizer["name"] == "adamw" and optimizer["betas"] == (0.9, 0.999) and optimizer["lr"] == 0.03
-    assert optimizer["weight_decay"] == 0.01 and optimizer["weight_decay_params"] == "all"
+    config = config_from_recipe("yatgpt-d12", {})
+    assert config.tokens_per_step == 256 * 1024
+    assert resolve_steps(config, meta_count("yatgpt-d12"), log=lambda _: None) == 19_922
+    assert resolve_steps(config, meta_count("yatgpt-d12", mlp="gelu"), log=lambda _: None) == 19_920
+    optimizer, schedule = config.optimizer, config.schedule
+    assert optimizer["name"] == "adamw" and tuple(optimizer["betas"]) == (0.9, 0.999) and optimizer["lr"] == 0.03
     assert schedule["warmup_steps"] == 500 and schedule["min_lr"] == pytest.approx(0.05 * optimizer["lr"])
-    assert recipe["grad_clip"] == 1.0 and recipe["tokenizer"] == "mistral-v1"
+    assert config.grad_clip == 1.0 and config.tokenizer == "mistral-v1"
+    # optax decays every parameter, scalars (lambdas, YatNMN α and ε) included
+    model = tiny_model("yatgpt-tiny")
+    groups = parameter_groups(model.named_parameters(), optimizer["weight_decay"], optimizer["no_decay"])
+    decayed = {id(p) for group in groups if group["weight_decay"] == 0.01 for p in group["params"]}
+    assert decayed == {id(p) for p in model.parameters()}
 
 
 def test_mlp_variant_is_one_flag():

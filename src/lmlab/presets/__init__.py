@@ -17,18 +17,24 @@ class Preset:
     """A named architecture configuration.
 
     config: keyword arguments of `LMLabConfig`.
-    recipe: the training defaults that came with it, read by the trainer. Keys:
-        tokenizer    tokenizer spec ("gpt2", "mistral-v1", "mistral-v3", "qwen", "bytes", "bpe:N", HF name or dir)
+    recipe: the training defaults that came with it, read by `lmlab train` (every key optional; lmlab.train.config
+    holds the defaults, command-line options override). Keys:
+        tokenizer    tokenizer spec ("gpt2", "mistral-v1", "mistral-v3", "qwen", "bytes", "bpe:N", HF name or dir);
+                     with this tokenizer the model keeps the preset's vocab_size, with any other the vocab_size
+                     becomes the tokenizer's size rounded up to a multiple of 64
         seq_len      training sequence length
         batch_size   sequences per micro-batch;  grad_accum  micro-batches per optimizer step
         precision    "fp32" | "bf16" | "fp16" (autocast)
-        optimizer    {"name": "adamw" | "ademamix" | "lion" | "muon", "lr", "betas", "eps", "weight_decay", ...};
-                     "weight_decay_params": "all" decays every parameter (embeddings, norms, scalars included)
+        optimizer    {"name": "adamw" | "ademamix" | "lion" | "muon", "lr" (peak), "weight_decay",
+                      "no_decay": "1d" (default: no decay on parameters with < 2 dims) | "none" | [name globs],
+                      adamw: "betas" (2), "eps";  ademamix: "betas" (3), "alpha", "t_alpha", "t_beta3", "eps";
+                      lion: "betas";  muon: "momentum", and "betas"/"eps" of the AdamW for the other parameters}
         schedule     {"name": "cosine" | "linear" | "constant" | "wsd" | "warm_start_cosine", "warmup_steps",
-                      "min_lr", ...}
+                      "min_lr" or "min_lr_ratio" (of the peak), "start_lr" (warm_start_cosine),
+                      "decay_fraction" (wsd)} — formulas in lmlab.train.schedules
         grad_clip    global gradient-norm clip, or None
-        tokens_per_parameter   training length as a Chinchilla-style budget (lmlab.budget: tokens = this × the
-                     model's parameter count, steps = tokens / (batch_size × grad_accum × seq_len))
+        chinchilla   default training length as a multiple of the Chinchilla budget (lmlab.budget: 20 tokens
+                     per parameter; steps = tokens / (batch_size × grad_accum × seq_len)); --steps/--tokens win
         source       where the published values come from (card, code, or "inferred: ...")
     """
 

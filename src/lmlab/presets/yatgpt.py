@@ -41,9 +41,9 @@ YATGPT_COMPONENTS = dict(
 YATGPT_RECIPE = dict(
     tokenizer="mistral-v1", seq_len=SEQ_LEN, batch_size=32, grad_accum=8, precision="bf16",
     optimizer=dict(name="adamw", lr=0.03, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
-                   weight_decay_params="all"),
+                   no_decay="none"),  # optax decays every parameter: embeddings, norms, scalars included
     schedule=dict(name="cosine", warmup_steps=500, min_lr=0.0015),  # linear warmup, cosine to 5% of the peak
-    grad_clip=1.0, tokens_per_parameter=20,
+    grad_clip=1.0, chinchilla=1.0,
     source="yatnmn-softplus-d12 card (C4 en, 5.22B tokens, peak lr 0.03) and flaxchat scripts/train_gpt2.py "
            "(AdamW, decay on every parameter, clip 1.0, warmup 500, cosine to 5%); the GELU baseline used peak "
            "lr 0.01; other depths reuse the d12 recipe unchanged (none was published)",
@@ -90,6 +90,6 @@ register_preset(Preset(
                 window_long=64, window_short=16),
     recipe=dict(YATGPT_RECIPE, seq_len=64, batch_size=16, grad_accum=1, optimizer=dict(YATGPT_RECIPE["optimizer"],
                                                                                      lr=3e-3),
-                schedule=dict(name="cosine", warmup_steps=20, min_lr=1.5e-4), tokens_per_parameter=None,
+                schedule=dict(name="cosine", warmup_steps=20, min_lr=1.5e-4), chinchilla=None,
                 source="lmlab tiny variant"),
 ))
