@@ -59,11 +59,6 @@ class Request:
         values["options"] = {k: v for k, v in self.options.items() if v is not None}
         return json.loads(json.dumps(values))
 
-    @classmethod
-    def from_dict(cls, values: dict) -> Request:
-        return cls(**{**values, "variants": [Variant(**v) for v in values["variants"]],
-                      "budget": Budget.parse(values["budget"])})
-
 
 @dataclass
 class PlannedRun:
@@ -124,14 +119,17 @@ def _check_shared(configs: dict[str, TrainConfig]) -> None:
                              f"every variant: give it on the command line ({flag} ...)")
 
 
-def make_plan(request: Request, log=print, device: str | None = None, command: str | None = None) -> Plan:
+def make_plan(request: Request, log=print, device: str | None = None, command: str | None = None,
+              extra: dict | None = None) -> Plan:
     """Resolve `request` into runs: read the data once (tokenizer, token cache), count each variant's parameters
-    and FLOPs per token, turn the budget into steps (timing each variant's step for a seconds budget)."""
+    and FLOPs per token, turn the budget into steps (timing each variant's step for a seconds budget). `extra`:
+    options of this invocation only (cache_dir, progress)."""
     configs: dict[str, TrainConfig] = {}
     for variant in request.variants:
         options = variant_options(request, variant)
         _check_overrides(variant, options["model_overrides"])
-        configs[variant.name] = config_from_recipe(variant.preset, {**options, "seed": request.seeds[0]})
+        configs[variant.name] = config_from_recipe(variant.preset,
+                                                   {**options, "seed": request.seeds[0], **(extra or {})})
     _check_shared(configs)
     first = next(iter(configs.values()))
     env = dist_utils.setup(device)
@@ -170,7 +168,7 @@ def make_plan(request: Request, log=print, device: str | None = None, command: s
 
 
 def load_or_make_plan(out: Path, request: Request | None, log=print, device: str | None = None,
-                      command: str | None = None) -> Plan:
+                      command: str | None = None, extra: dict | None = None) -> Plan:
     """The plan saved in `out` (which must match `request` when one is given), else a new one, saved."""
     saved = Plan.load(out)
     if saved is not None:
@@ -182,7 +180,7 @@ def load_or_make_plan(out: Path, request: Request | None, log=print, device: str
         return saved
     if request is None:
         raise FileNotFoundError(f"{out} holds no comparison ({PLAN_FILE}); give VARIANTs and --budget to start one")
-    plan = make_plan(request, log, device, command)
+    plan = make_plan(request, log, device, command, extra)
     plan.save(out)
     return plan
 
