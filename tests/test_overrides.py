@@ -127,3 +127,12 @@ def test_train_config_keeps_one_override_form():
     assert TrainConfig.from_dict(config.to_dict()).model_overrides == config.model_overrides
     with pytest.raises(OverrideError, match="must be a list"):
         TrainConfig(preset="ngen4-tiny", model_overrides="mlp=asgg")
+
+
+def test_position_and_per_layer_mixer_overrides_build_those_modules():
+    from lmlab.nn.selective_copy import SelectiveCopyAttention
+    from lmlab.nn.xpos import XPosEmbedding
+
+    model = build("ngen4-tiny", ["position=xpos", "mixer=selective_copy@layers:0"])
+    assert any(isinstance(module, XPosEmbedding) for module in model.modules())
+    assert [isinstance(layer.mixer, SelectiveCopyAttention) for layer in model.model.layers] == [True, False]

@@ -84,6 +84,15 @@ def steps_in(budget: Budget, tokens_per_step: int, forward_flops_per_token: floa
     return steps
 
 
+def train_budget(budget: Budget, forward_flops_per_token: float, steps: int) -> dict:
+    """The `lmlab train` budget option of one run: tokens for a tokens or flops budget, steps for seconds."""
+    if budget.kind == "tokens":
+        return {"tokens": int(budget.amount)}
+    if budget.kind == "flops":
+        return {"tokens": tokens_for_flops(budget.amount, forward_flops_per_token)}
+    return {"steps": steps}
+
+
 def measure_step_seconds(config: TrainConfig, model_config: LMLabConfig, device: torch.device,
                          warmup: int = 2, timed: int = 5) -> float:
     """Median seconds of one optimizer step (grad_accum micro-batches of random tokens, forward, backward,

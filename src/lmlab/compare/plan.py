@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from lmlab.compare.budget import Budget, measure_step_seconds, steps_in, tokens_for_flops
+from lmlab.compare.budget import Budget, measure_step_seconds, steps_in, train_budget
 from lmlab.compare.variants import Variant
 from lmlab.data.tokenizers import atomic_write_text
 from lmlab.info import describe
@@ -151,15 +151,12 @@ def make_plan(request: Request, log=print, device: str | None = None, command: s
                                "steps": steps, "tokens": steps * config.tokens_per_step,
                                "epochs": steps * config.batch_size * config.grad_accum / len(data.train),
                                "step_seconds": step_seconds, "vocab_size": resolved.vocab_size}
-        budget_option = ({"tokens": tokens_for_flops(request.budget.amount, forward)}
-                         if request.budget.kind == "flops" else
-                         {"tokens": int(request.budget.amount)} if request.budget.kind == "tokens" else
-                         {"steps": steps})
         cadence = {"eval_every": request.eval_every or max(1, steps // EVALS_PER_RUN),
                    "eval_batches": request.eval_batches,
                    "checkpoint_every": request.checkpoint_every or max(1, steps // CHECKPOINTS_PER_RUN)}
         for seed in request.seeds:
-            options = {**variant_options(request, variant), **budget_option, **cadence, "seed": seed}
+            options = {**variant_options(request, variant), **train_budget(request.budget, forward, steps), **cadence,
+                       "seed": seed}
             runs.append(PlannedRun(variant.name, variant.preset, seed, f"{RUNS_DIR}/{variant.slug}/seed-{seed}",
                                    {k: v for k, v in options.items() if v is not None}))
     order = {name: i for i, name in enumerate(configs)}
