@@ -136,3 +136,18 @@ def test_position_and_per_layer_mixer_overrides_build_those_modules():
     model = build("ngen4-tiny", ["position=xpos", "mixer=selective_copy@layers:0"])
     assert any(isinstance(module, XPosEmbedding) for module in model.modules())
     assert [isinstance(layer.mixer, SelectiveCopyAttention) for layer in model.model.layers] == [True, False]
+
+
+def test_train_takes_override_files_then_set_and_checks_them_before_the_data(tmp_path):
+    from lmlab.cli import build_parser
+    from lmlab.commands.train import build_config
+
+    path = tmp_path / "o.yaml"
+    path.write_text("mlp: asgg\n")
+    args = build_parser().parse_args(["train", "--preset", "ngen4-tiny", "--data", str(tmp_path / "missing.txt"),
+                                      "--set-file", str(path), "--set", "norm=dyt@layers:0"])
+    config, _ = build_config(args)
+    assert config.model_overrides == ["mlp=asgg", "norm=dyt@layers:0"]
+    args.model_overrides = ["norm=dyt@layers:5"]
+    with pytest.raises(OverrideError, match="layer 5 does not exist"):
+        build_config(args)
