@@ -18,7 +18,6 @@ def compare(out: str | Path, request: Request | None = None, device: str | None 
     """Run (or resume) the comparison in `out` and write its report; returns the report's markdown path. Without
     a request, the comparison saved in `out` is resumed."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     plan = load_or_make_plan(out, request, log, device, command, extra)
     run_plan(plan, out, extra, device, log)
     report = write_report(out, plan, summaries(plan, out), extra, device)
