@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import randomise_parameters, tiny_model
+from conftest import REPO, randomise_parameters, tiny_model
 from lmlab.cli import main
 from lmlab.data.tokenizers import bytes_tokenizer
 from lmlab.lora import adapter_parameter_count, load_base_weights, load_lora, load_merged
@@ -28,13 +28,10 @@ COMMON = ["--seq-len", "32", "--batch-size", "4", "--eval-batches", "1", "--samp
           "--no-tensorboard"]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    rng = np.random.default_rng(0)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "away", "quickly", "home", "."]
-    path.write_text(" ".join(rng.choice(words, size=3000)))
-    return path
+@pytest.fixture
+def corpus():
+    """A small local text: the trainer's own sources (~50 KB of Python)."""
+    return REPO / "src" / "lmlab" / "train" / "*.py"
 
 
 def make_base(preset, directory):
@@ -149,14 +146,15 @@ def test_lora_finetune_resumes_exactly(corpus, tmp_path, monkeypatch):
 def test_full_finetune_continues_from_the_base_weights(corpus, tmp_path):
     small = [f"--set={k}={v}" for k, v in SMALL["ngen4-tiny"].items()]
     assert cli(tmp_path, "train", "--preset", "ngen4-tiny", "--tokenizer", "bytes", "--data", str(corpus), "--out",
-               str(tmp_path / "pretrain"), *COMMON, "--steps", "40", "--lr", "5e-3", "--warmup-steps", "2",
-               *small) == 0
+               str(tmp_path / "pretrain"), *COMMON, "--batch-size", "8", "--steps", "40", "--lr", "5e-3",
+               "--warmup-steps", "2", *small) == 0
     pretrained = losses(tmp_path / "pretrain")
     base_final = np.mean([pretrained[s] for s in range(36, 41)])
-    assert base_final < 0.6 * math.log(256)  # the base learned something: far below a fresh model's ~ln 256
+    assert base_final < 0.7 * math.log(256)  # the base learned something: far below a fresh model's ~ln 256
 
     run = tmp_path / "full"
-    assert finetune(tmp_path, tmp_path / "pretrain", run, corpus, "--steps", "2", "--lr", "1e-4") == 0
+    assert finetune(tmp_path, tmp_path / "pretrain", run, corpus, "--batch-size", "8", "--steps", "2",
+                    "--lr", "1e-4") == 0
     first = losses(run)[1]
     assert abs(first - base_final) < 0.15 * base_final, (first, base_final)
     checkpoint = resolve_model_dir(run)

@@ -28,7 +28,7 @@ from lmlab.data.tokenizers import TokenizerError, load_tokenizer
 from lmlab.lora import LoraSettings, adapter_parameter_count, apply_lora, load_lora, load_merged, lora_config
 from lmlab.model import LMLabForCausalLM, count_parameters
 from lmlab.overrides import apply_overrides
-from lmlab.run_layout import BASE_DIR, resolve_model_dir
+from lmlab.run_layout import BASE_DIR, MODEL_CONFIG, resolve_model_dir
 from lmlab.train import distributed as dist_utils
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
@@ -51,7 +51,7 @@ def load_base(path: str | Path, model_overrides: dict) -> tuple[LMLabForCausalLM
     and its model directory. Overrides may change what does not change a weight's shape (dropout, attention
     implementation, ...); a shape-changing one is refused by the strict reload."""
     model_dir = resolve_model_dir(path)
-    model = load_merged(model_dir)
+    model = load_merged(model_dir).float()
     if model_overrides:
         config = apply_overrides(model.config, [f"{key}={json.dumps(value)}" for key, value in model_overrides.items()])
         state = model.state_dict()
@@ -102,6 +102,9 @@ def build_model(config, run_dir: Path, checkpoint: Path | None, log):
     the checkpoint's full weights when resuming a full fine-tune."""
     if checkpoint is not None and config.lora is None:
         return LMLabForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    if not (run_dir / BASE_DIR / MODEL_CONFIG).is_file():
+        raise FileNotFoundError(f"{run_dir / BASE_DIR} is missing: a fine-tune keeps the model it started from there; "
+                                "restore it, or start a new run")
     model = LMLabForCausalLM.from_pretrained(run_dir / BASE_DIR, dtype=torch.float32)
     if config.lora is None:
         log("full fine-tuning: every weight trains")

@@ -210,14 +210,15 @@ def save_lora_checkpoint(model: PeftModel, folder: str | Path, base_dir: str | P
 
 
 def load_base_weights(model_dir: str | Path) -> LMLabForCausalLM:
-    """The model of `model_dir` (fp32, eval mode) without any adapters it carries, loaded strictly."""
+    """The model of `model_dir` (eval mode; in its saved dtype, fp32 for an adapter checkpoint) without any adapters
+    it carries, loaded strictly."""
     from safetensors.torch import load_file
 
     from lmlab.convert import load_exactly
 
     model_dir = Path(model_dir)
     if not has_adapters(model_dir):
-        return LMLabForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        return LMLabForCausalLM.from_pretrained(model_dir).eval()
     model = LMLabForCausalLM(LMLabConfig.from_pretrained(model_dir))
     state = {}
     for path in weight_files(model_dir):
