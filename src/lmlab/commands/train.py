@@ -30,6 +30,12 @@ def register(subparsers) -> None:
                         help="preset to train (`lmlab info --list`); optional with --resume")
     parser.add_argument("--out", help="run directory (default runs/PRESET)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add_training_options(parser)
+    parser.set_defaults(run=run)
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Data, batch, optimization, budget, loop and system options (shared by `train` and `finetune`)."""
     data = parser.add_argument_group("data")
     data.add_argument("--data", action="append", help="stdlib | FILE | GLOB | *.jsonl | *.parquet | hf:NAME[:CONFIG] "
                                                       "(repeatable; default: stdlib)")
@@ -79,7 +85,6 @@ def register(subparsers) -> None:
     system.add_argument("--device", help="cpu | cuda | mps (default: cuda when available)")
     system.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model config field, e.g. --set hidden_size=128 (value parsed as JSON)")
-    parser.set_defaults(run=run)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -95,13 +100,19 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def build_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
-    """The run's config and directory. With --resume and no --preset the checkpoint's saved config is the base;
-    options given anyway are applied to it (a changed trajectory key is then refused by name)."""
+def training_options(args: argparse.Namespace) -> dict:
+    """The options given on the command line (None where not given), as overrides of a recipe or saved config."""
     options = {name: getattr(args, name) for name in OPTIONS}
     model_overrides = parse_overrides(args.model_overrides)
     if model_overrides:
         options["model_overrides"] = model_overrides
+    return options
+
+
+def build_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
+    """The run's config and directory. With --resume and no --preset the checkpoint's saved config is the base;
+    options given anyway are applied to it (a changed trajectory key is then refused by name)."""
+    options = training_options(args)
     if args.resume and args.preset is None:
         if not args.out:
             raise ValueError("--resume needs --out RUN (the run directory to continue)")
