@@ -22,11 +22,23 @@ How a trainer uses it:
     save_lora(model, checkpoint_dir / ADAPTER_DIR)            # at each checkpoint: adapter weights + config only
     model = load_lora(base_model, adapter_dir, trainable=True)  # to resume
     merged = merge_lora(model)                                # a plain LMLabForCausalLM (`lmlab export --merge-lora`)
+
+An *adapter checkpoint* (what `lmlab finetune --lora` writes, `save_lora_checkpoint`) is a model directory whose
+weights are the base's, linked rather than copied, with the adapters beside them:
+
+    config.json, model.safetensors -> ../../base/...   the base model (links: a checkpoint costs only its adapters)
+    adapter_config.json, adapter_model.safetensors     the adapters (PEFT's format)
+
+Transformers' PEFT integration loads such a directory as base + adapters (`AutoModelForCausalLM.from_pretrained`),
+so nothing that reads it as a model directory gets the bare base by mistake. `load_base_weights` reads the base
+alone; `load_merged` gives the plain merged model of any model directory, run or adapter checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +46,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
+from lmlab.config import LMLabConfig
 from lmlab.model import LMLabForCausalLM
+from lmlab.run_layout import CHECKPOINTS, LATEST, MODEL_CONFIG, resolve_model_dir
 
 ADAPTER_DIR = "adapter"  # where a training checkpoint keeps its LoRA adapters
 ADAPTER_CONFIG = "adapter_config.json"
@@ -86,17 +100,20 @@ def _check_targets(model: nn.Module, targets: tuple[str, ...]) -> None:
                              f"projections are {choices}")
 
 
-def apply_lora(model: LMLabForCausalLM, settings: LoraSettings | None = None) -> PeftModel:
-    """Wrap `model` (modified in place) with fresh LoRA adapters; only the adapters are trainable."""
-    settings = settings or LoraSettings()
+def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:
+    """PEFT's config for `settings` on `model`, checked against the model (which is left untouched)."""
     if isinstance(model, PeftModel):
         raise ValueError("the model already carries adapters; merge them (merge_lora) or start from the base model")
     if settings.targets is not None:
         _check_targets(model, settings.targets)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha or settings.rank,
-                        target_modules=list(settings.targets) if settings.targets else default_targets(model),
-                        lora_dropout=settings.dropout, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha or settings.rank,
+                      target_modules=list(settings.targets) if settings.targets else default_targets(model),
+                      lora_dropout=settings.dropout, bias="none", task_type="CAUSAL_LM")
+
+
+def apply_lora(model: LMLabForCausalLM, settings: LoraSettings | None = None) -> PeftModel:
+    """Wrap `model` (modified in place) with fresh LoRA adapters; only the adapters are trainable."""
+    return get_peft_model(model, lora_config(model, settings or LoraSettings()))
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -118,8 +135,11 @@ def save_lora(model: PeftModel, directory: str | Path) -> Path:
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
-    """The adapter directory named by `path`: itself, or its `adapter/` subdirectory (a training checkpoint)."""
+    """The adapter directory named by `path`: itself, its `adapter/` subdirectory, or, for a training run, the
+    newest checkpoint (itself or its `adapter/`)."""
     path = Path(path)
+    if (path / CHECKPOINTS / LATEST).is_file():
+        path = resolve_model_dir(path)
     for directory in (path, path / ADAPTER_DIR):
         if (directory / ADAPTER_CONFIG).is_file():
             if not (directory / ADAPTER_WEIGHTS).is_file():
@@ -164,5 +184,60 @@ def merge_lora(model: PeftModel) -> LMLabForCausalLM:
     return model.merge_and_unload()
 
 
-__all__ = ["ADAPTER_DIR", "LoraSettings", "adapter_parameter_count", "apply_lora", "default_targets", "load_lora",
-           "merge_lora", "mixer_projections", "resolve_adapter_dir", "save_lora", "trainable_parameters"]
+def has_adapters(model_dir: str | Path) -> bool:
+    """Whether the model directory carries LoRA adapters beside its weights (an adapter checkpoint)."""
+    return (Path(model_dir) / ADAPTER_CONFIG).is_file()
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The model weights of a model directory: safetensors files and their shard index (never the adapters)."""
+    return sorted(p for p in model_dir.iterdir()
+                  if p.name != ADAPTER_WEIGHTS and p.name.endswith((".safetensors", ".safetensors.index.json")))
+
+
+def save_lora_checkpoint(model: PeftModel, folder: str | Path, base_dir: str | Path) -> Path:
+    """Write an adapter checkpoint into `folder`: the adapters, the base's config.json, and relative links to the
+    base's weight files in `base_dir` (a plain model directory), so the folder loads as base + adapters."""
+    folder, base_dir = Path(folder), Path(base_dir)
+    if has_adapters(base_dir):
+        raise ValueError(f"{base_dir} carries adapters of its own; the base of an adapter checkpoint must be a plain "
+                         "model directory")
+    save_lora(model, folder)
+    shutil.copy2(base_dir / MODEL_CONFIG, folder / MODEL_CONFIG)
+    for weights in weight_files(base_dir):
+        (folder / weights.name).symlink_to(os.path.relpath(weights.resolve(), folder.resolve()))
+    return folder
+
+
+def load_base_weights(model_dir: str | Path) -> LMLabForCausalLM:
+    """The model of `model_dir` (eval mode; in its saved dtype, fp32 for an adapter checkpoint) without any adapters
+    it carries, loaded strictly."""
+    from safetensors.torch import load_file
+
+    from lmlab.convert import load_exactly
+
+    model_dir = Path(model_dir)
+    if not has_adapters(model_dir):
+        return LMLabForCausalLM.from_pretrained(model_dir).eval()
+    model = LMLabForCausalLM(LMLabConfig.from_pretrained(model_dir))
+    state = {}
+    for path in weight_files(model_dir):
+        if path.suffix == ".safetensors":
+            state.update(load_file(str(path)))
+    if not state:
+        raise FileNotFoundError(f"{model_dir} holds adapters but no base weights (model*.safetensors); its links to "
+                                "the base are broken — copy the whole training run, not one checkpoint")
+    load_exactly(model, state, source=str(model_dir))
+    return model.eval()
+
+
+def load_merged(path: str | Path) -> LMLabForCausalLM:
+    """The plain model named by `path` (model directory, run, or adapter checkpoint with its adapters merged)."""
+    model_dir = resolve_model_dir(path)
+    model = load_base_weights(model_dir)
+    return merge_lora(load_lora(model, model_dir)) if has_adapters(model_dir) else model
+
+
+__all__ = ["ADAPTER_DIR", "LoraSettings", "adapter_parameter_count", "apply_lora", "default_targets", "has_adapters",
+           "load_base_weights", "load_lora", "load_merged", "lora_config", "merge_lora", "mixer_projections",
+           "resolve_adapter_dir", "save_lora", "save_lora_checkpoint", "trainable_parameters", "weight_files"]

@@ -37,6 +37,12 @@ def register(subparsers) -> None:
                         help="preset to train (`lmlab info --list`); optional with --resume")
     parser.add_argument("--out", help="run directory (default runs/PRESET)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add_training_options(parser)
+    parser.set_defaults(run=run)
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Data, batch, optimization, budget, loop and system options (shared by `train` and `finetune`)."""
     add_data_arguments(parser)
     add_batch_arguments(parser)
     add_optimization_arguments(parser)
@@ -64,17 +70,22 @@ def register(subparsers) -> None:
                         help="recompute activations in backward")
     system.add_argument("--distributed", choices=("ddp", "fsdp"), help="strategy under torchrun (default ddp)")
     system.add_argument("--device", help="cpu | cuda | mps (default: cuda when available)")
-    add_override_arguments(system, "the preset")
-    parser.set_defaults(run=run)
+    add_override_arguments(system, "the model")
+
+
+def training_options(args: argparse.Namespace) -> dict:
+    """The options given on the command line (None where not given), as overrides of a recipe or saved config."""
+    options = {name: getattr(args, name) for name in OPTIONS}
+    overrides = model_overrides(args)
+    if overrides:
+        options["model_overrides"] = overrides
+    return options
 
 
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and directory. With --resume and no --preset the checkpoint's saved config is the base;
     options given anyway are applied to it (a changed trajectory key is then refused by name)."""
-    options = {name: getattr(args, name) for name in OPTIONS}
-    overrides = model_overrides(args)
-    if overrides:
-        options["model_overrides"] = overrides
+    options = training_options(args)
     if args.resume and args.preset is None:
         if not args.out:
             raise ValueError("--resume needs --out RUN (the run directory to continue)")

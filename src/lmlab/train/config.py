@@ -53,6 +53,9 @@ class TrainConfig:
     val_fraction: float = 0.05
     distributed: str = "ddp"
     grad_checkpointing: bool = False
+    # fine-tuning (`lmlab finetune`): start from a trained model instead of a fresh preset model
+    base: str | None = None  # the model the run starts from (copied once to RUN/base; see lmlab.finetune)
+    lora: dict | None = None  # LoRA settings (rank, alpha, targets, dropout): only adapters train; None = every weight
     # cadence and outputs (free to change on resume)
     eval_every: int = 0
     eval_batches: int = 20
@@ -79,6 +82,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.seq_len < 2:
             raise ValueError("seq_len must be at least 2 (one input and one target)")
+        if self.lora is not None and self.base is None:
+            raise ValueError("lora needs a base model to adapt: set base (lmlab finetune --base MODEL --lora)")
+        if self.lora is not None and self.distributed == "fsdp":
+            raise ValueError("LoRA fine-tuning runs under DDP, not FSDP (only the small adapters train); use "
+                             "--distributed ddp")
 
     @property
     def peak_lr(self) -> float:

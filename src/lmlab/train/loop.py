@@ -40,7 +40,7 @@ from lmlab.data.token_cache import cache_key
 from lmlab.model import LMLabForCausalLM, count_parameters
 from lmlab.overrides import apply_overrides, model_wide_value
 from lmlab.presets import get_preset, preset_config
-from lmlab.run_layout import CHECKPOINTS
+from lmlab.run_layout import BASE_DIR, CHECKPOINTS
 from lmlab.train import distributed as dist_utils
 from lmlab.train.checkpoint import (
     TRAIN_CONFIG,
@@ -82,14 +82,15 @@ class Data:
     meta: dict
 
 
-def prepare_data(config: TrainConfig, env: dist_utils.Environment, log) -> Data:
-    """Tokenizer and token cache (built by the main process, then read by every process)."""
+def prepare_data(config: TrainConfig, env: dist_utils.Environment, log, tokenizer_spec: str | None = None) -> Data:
+    """Tokenizer (`tokenizer_spec`, default config.tokenizer) and token cache (built by the main process, then read
+    by every process)."""
     corpus = open_corpus(config.data, config.text_field, config.hf_split, config.max_documents)
     cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
     def load():
-        tokenizer = load_tokenizer(config.tokenizer, documents=corpus.documents(), cache_dir=cache_dir,
-                                   corpus_fingerprint=corpus.fingerprint())
+        tokenizer = load_tokenizer(tokenizer_spec or config.tokenizer, documents=corpus.documents(),
+                                   cache_dir=cache_dir, corpus_fingerprint=corpus.fingerprint())
         return tokenizer, build_token_file(corpus, tokenizer, cache_dir, config.tokenizer)
 
     if env.is_main:
@@ -255,9 +256,17 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, device
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, env: dist_utils.Environment, log) -> TrainResult:
     checkpoint = _checkpoint_to_resume(run_dir, resume)
-    data = prepare_data(config, env, log)
+    if config.base is None:
+        data = prepare_data(config, env, log)
+        model = build_model(config, data.tokenizer, checkpoint, log)
+    else:  # a fine-tune: the model and tokenizer come from the base, copied to RUN/base when the run starts
+        from lmlab import finetune
+
+        if checkpoint is None:
+            finetune.write_base(config, run_dir, env, log)
+        data = prepare_data(config, env, log, tokenizer_spec=str(run_dir / BASE_DIR))
+        model = finetune.build_model(config, run_dir, checkpoint, log)
     tokenizer = data.tokenizer
-    model = build_model(config, tokenizer, checkpoint, log)
     parameters = count_parameters(model)
     if not config.steps:
         config.steps = resolve_steps(config, parameters, log)
@@ -309,7 +318,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, env: dist_utils.Env
         rng = dist_utils.gather_objects(rng_state(), env)
         if env.is_main:
             def write_model(folder: Path) -> None:
-                raw_model.save_pretrained(folder, state_dict=model_state)
+                if config.lora is not None:  # the adapters, beside links to the frozen base's weights
+                    from lmlab.lora import save_lora_checkpoint
+
+                    save_lora_checkpoint(raw_model, folder, run_dir / BASE_DIR)
+                else:
+                    raw_model.save_pretrained(folder, state_dict=model_state)
                 tokenizer.save_pretrained(folder)
 
             trainer_state = {"step": at_step, "samples_seen": samples_seen, "optimizers": optimizer_states,
