@@ -18,7 +18,6 @@ takes `TrainConfig.tokenizer` (a built-in or a Hugging Face tokenizer: one whose
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -46,14 +45,14 @@ def lora_settings(values: dict) -> LoraSettings:
     return LoraSettings(**values)
 
 
-def load_base(path: str | Path, model_overrides: dict) -> tuple[LMLabForCausalLM, Path]:
+def load_base(path: str | Path, model_overrides: list[str]) -> tuple[LMLabForCausalLM, Path]:
     """The base model named by `path` (merged if it carries adapters) with `model_overrides` applied to its config,
     and its model directory. Overrides may change what does not change a weight's shape (dropout, attention
     implementation, ...); a shape-changing one is refused by the strict reload."""
     model_dir = resolve_model_dir(path)
     model = load_merged(model_dir).float()
     if model_overrides:
-        config = apply_overrides(model.config, [f"{key}={json.dumps(value)}" for key, value in model_overrides.items()])
+        config = apply_overrides(model.config, model_overrides)
         state = model.state_dict()
         model = LMLabForCausalLM(config)
         try:

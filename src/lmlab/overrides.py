@@ -10,6 +10,10 @@ Two forms:
 
 `apply_overrides` returns a new, validated config: an unknown field, a malformed value or an impossible
 combination (the model cannot be built) is an `OverrideError` that names the override.
+
+Config files (`--set-file FILE`, YAML or JSON) hold the same overrides, either as a list of `KEY=VALUE[@layers:SEL]`
+strings or as a mapping whose keys carry the layer selection (`mlp: asgg`, `mixer@layers:0-2: gated_deltanet`);
+a mapping becomes the same strings (`normalize_overrides`), so there is one parser for every source.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -110,6 +115,64 @@ def parse_override(text: str) -> tuple[str, object, str | None]:
     if LAYER_SUFFIX in value:
         value, selection = value.split(LAYER_SUFFIX, 1)
     return key, parse_value(value.strip()), selection
+
+
+def format_override(key: str, value) -> str:
+    """The override string for (key, value); `key` may carry a layer selection (`mixer@layers:0-2`). A string is
+    written as is when it reads back as itself, else as JSON (so `"1"` stays a string), so parsing gives `value`."""
+    key, _, selection = key.partition(LAYER_SUFFIX)
+    text = value if isinstance(value, str) and parse_value(value) == value else json.dumps(value)
+    return f"{key.strip()}={text}{LAYER_SUFFIX + selection if selection else ''}"
+
+
+def normalize_overrides(overrides) -> list[str]:
+    """A list of override strings from a list of strings or a {KEY[@layers:SEL]: value} mapping."""
+    if isinstance(overrides, dict):
+        return [format_override(str(key), value) for key, value in overrides.items()]
+    if isinstance(overrides, (list, tuple)) and all(isinstance(item, str) for item in overrides):
+        return list(overrides)
+    raise OverrideError(f"model overrides must be a list of 'KEY=VALUE[@layers:SEL]' strings or a mapping "
+                        f"{{KEY: VALUE}}, got {overrides!r}")
+
+
+def read_yaml(path: str | Path):
+    """A YAML or JSON file's content. Numbers follow YAML 1.2 / JSON (`1e-5` is a float; PyYAML's YAML 1.1 reads it
+    as a string). A missing or malformed file is an OverrideError naming it."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"), list("-+0123456789."))
+    path = Path(path)
+    if not path.is_file():
+        raise OverrideError(f"no such file: {path}")
+    try:
+        return yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise OverrideError(f"{path} is not valid YAML/JSON: {err}") from None
+
+
+def load_overrides_file(path: str | Path) -> list[str]:
+    """The overrides in a YAML (.yaml/.yml) or JSON file: a list of strings or a mapping (see the module doc)."""
+    content = read_yaml(path)
+    try:
+        return normalize_overrides(content if content is not None else [])
+    except OverrideError as err:
+        raise OverrideError(f"{path}: {err}") from None
+
+
+def model_wide_value(overrides: list[str], key: str):
+    """The value the last model-wide override of `key` sets, or None."""
+    value = None
+    for text in overrides:
+        name, parsed, selection = parse_override(text)
+        if name == key and selection is None:
+            value = parsed
+    return value
 
 
 def _unknown_key(key: str, valid: list[str], what: str) -> OverrideError:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from lmlab.commands import train as train_command
-from lmlab.train.config import RECIPE_KEYS, TrainConfig, apply_overrides
+from lmlab.train.config import RECIPE_KEYS, TrainConfig, apply_options
 
 # the base preset's recipe keys a fine-tune inherits: not its tokenizer (the base's own is used) nor its budget
 INHERITED_RECIPE_KEYS = tuple(key for key in RECIPE_KEYS if key not in ("tokenizer", "chinchilla"))
@@ -103,7 +103,7 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     options = train_command.training_options(args)
     if not (options["steps"] or options["tokens"] or options["chinchilla"]):
         raise ValueError("a fine-tune needs a budget: --steps N or --tokens N (or --chinchilla X)")
-    config = apply_overrides(base_values(args.base, lora, options.pop("tokenizer")), options)
+    config = apply_options(base_values(args.base, lora, options.pop("tokenizer")), options)
     return config, args.out or f"runs/{Path(args.base).resolve().name}-{'lora' if lora else 'finetune'}"
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 
 import torch
 
+from lmlab.commands.options import add_override_arguments, model_overrides
 from lmlab.config import LMLabConfig
 from lmlab.info import describe, parameter_counts
 from lmlab.model import LMLabForCausalLM
@@ -26,9 +27,7 @@ def register(subparsers) -> None:
     source.add_argument("--model", help="a saved lmlab model directory or training run")
     parser.add_argument("--seq-len", type=int, help="sequence length for FLOPs (default: the preset's training "
                                                    "length, else 512)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field (mlp=asgg) or a per-layer choice (norm=dyt@layers:0-2); "
-                             "repeatable")
+    add_override_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -46,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = LMLabConfig.from_pretrained(resolve_model_dir(args.model))
         seq_len = args.seq_len or config.max_position_embeddings or 512
-    if args.set:
-        config = apply_overrides(config, args.set)
+    overrides = model_overrides(args)
+    if overrides:
+        config = apply_overrides(config, overrides)
     facts = describe(config, seq_len)
     if args.json:
         print(json.dumps(facts, indent=2))

@@ -6,10 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmlab.data.tokenizers import BUILTIN_TOKENIZERS
-from lmlab.presets import PRESETS
+from lmlab.commands.options import (
+    add_batch_arguments,
+    add_data_arguments,
+    add_optimization_arguments,
+    add_override_arguments,
+    model_overrides,
+)
+from lmlab.overrides import apply_overrides
+from lmlab.presets import PRESETS, preset_config
 from lmlab.train.checkpoint import TRAIN_CONFIG, latest_checkpoint
-from lmlab.train.config import TrainConfig, apply_overrides, config_from_recipe
+from lmlab.train.config import TrainConfig, apply_options, config_from_recipe
 
 # option dest -> TrainConfig field (or a key config_from_recipe understands)
 OPTIONS = ("data", "text_field", "hf_split", "max_documents", "tokenizer", "seq_len", "batch_size", "grad_accum",
@@ -36,29 +43,9 @@ def register(subparsers) -> None:
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """Data, batch, optimization, budget, loop and system options (shared by `train` and `finetune`)."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", action="append", help="stdlib | FILE | GLOB | *.jsonl | *.parquet | hf:NAME[:CONFIG] "
-                                                      "(repeatable; default: stdlib)")
-    data.add_argument("--text-field", help="jsonl/parquet/HF field holding the text (default text)")
-    data.add_argument("--hf-split", help="split of an hf: dataset (default train)")
-    data.add_argument("--max-documents", type=int, help="read at most this many documents of an hf: dataset")
-    data.add_argument("--tokenizer", help=f"{' | '.join(BUILTIN_TOKENIZERS)} | HF name or folder "
-                                          "(default: the preset's)")
-    data.add_argument("--val-fraction", type=float, help="tail of the token stream held out (default 0.05)")
-    data.add_argument("--cache-dir", help="token cache (default $LMLAB_CACHE or ~/.cache/lmlab)")
-    batch = parser.add_argument_group("batch and precision")
-    batch.add_argument("--seq-len", type=int)
-    batch.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
-    batch.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    batch.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision")
-    optim = parser.add_argument_group("optimization")
-    optim.add_argument("--optimizer", dest="optimizer_name", choices=("adamw", "ademamix", "lion", "muon"))
-    optim.add_argument("--lr", type=float, help="peak learning rate")
-    optim.add_argument("--schedule", dest="schedule_name",
-                       choices=("cosine", "linear", "constant", "wsd", "warm_start_cosine"))
-    optim.add_argument("--warmup-steps", type=int)
-    optim.add_argument("--grad-clip", type=float, help="global gradient-norm clip (0: off)")
-    optim.add_argument("--seed", type=int)
+    add_data_arguments(parser)
+    add_batch_arguments(parser)
+    add_optimization_arguments(parser)
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="optimizer steps")
     budget.add_argument("--tokens", type=int, help="training tokens")
@@ -83,29 +70,15 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="recompute activations in backward")
     system.add_argument("--distributed", choices=("ddp", "fsdp"), help="strategy under torchrun (default ddp)")
     system.add_argument("--device", help="cpu | cuda | mps (default: cuda when available)")
-    system.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model config field, e.g. --set hidden_size=128 (value parsed as JSON)")
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
+    add_override_arguments(system, "the model")
 
 
 def training_options(args: argparse.Namespace) -> dict:
     """The options given on the command line (None where not given), as overrides of a recipe or saved config."""
     options = {name: getattr(args, name) for name in OPTIONS}
-    model_overrides = parse_overrides(args.model_overrides)
-    if model_overrides:
-        options["model_overrides"] = model_overrides
+    overrides = model_overrides(args)
+    if overrides:
+        options["model_overrides"] = overrides
     return options
 
 
@@ -119,10 +92,12 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         checkpoint = latest_checkpoint(args.out)
         if checkpoint is None:
             raise FileNotFoundError(f"--resume: {args.out} holds no checkpoint")
-        return apply_overrides(json.loads((checkpoint / TRAIN_CONFIG).read_text()), options), args.out
+        return apply_options(json.loads((checkpoint / TRAIN_CONFIG).read_text()), options), args.out
     if args.preset is None:
         raise ValueError("give --preset NAME (see `lmlab info --list`), or --resume --out RUN")
-    return config_from_recipe(args.preset, options), args.out or f"runs/{args.preset}"
+    config = config_from_recipe(args.preset, options)
+    apply_overrides(preset_config(config.preset), config.model_overrides)  # a bad --set fails now, before the data
+    return config, args.out or f"runs/{args.preset}"
 
 
 def run(args: argparse.Namespace) -> int:

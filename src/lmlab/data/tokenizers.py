@@ -96,7 +96,7 @@ def train_bpe(vocab_size: int, documents, cache_file: Path | None = None) -> Pre
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(documents, trainer=trainer)
     if cache_file is not None:
-        _atomic_write(cache_file, tokenizer.to_str())
+        atomic_write_text(cache_file, tokenizer.to_str())
     return _wrap(tokenizer, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT)
 
 
@@ -136,7 +136,7 @@ def qwen_tokenizer(cache_dir: Path | None) -> PreTrainedTokenizerFast:
                                       extra_special_tokens=list(QWEN_SPECIALS)).converted()
         tokenizer.normalizer = normalizers.NFC()
         if cached is not None:
-            _atomic_write(cached, tokenizer.to_str())
+            atomic_write_text(cached, tokenizer.to_str())
     return _wrap(tokenizer, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT)
 
 
@@ -191,12 +191,13 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` under a temporary name, then rename it: readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
 
 
-__all__ = ["BUILTIN_TOKENIZERS", "TokenizerError", "bytes_tokenizer", "load_tokenizer", "tokenizer_fingerprint",
-           "train_bpe"]
+__all__ = ["BUILTIN_TOKENIZERS", "TokenizerError", "atomic_write_text", "bytes_tokenizer", "load_tokenizer",
+           "tokenizer_fingerprint", "train_bpe"]

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from lmlab.overrides import normalize_overrides
 from lmlab.presets import get_preset
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -32,7 +33,9 @@ class TrainConfig:
     hf_split: str = "train"
     max_documents: int | None = None
     tokenizer: str = "bytes"
-    model_overrides: dict = field(default_factory=dict)
+    # `--set` overrides of the preset's model config (lmlab.overrides); a {key: value} mapping is accepted and stored
+    # as the equivalent strings
+    model_overrides: list[str] = field(default_factory=list)
     # batch
     seq_len: int = 256
     batch_size: int = 8
@@ -69,6 +72,7 @@ class TrainConfig:
     cache_dir: str | None = None
 
     def __post_init__(self):
+        self.model_overrides = normalize_overrides(self.model_overrides)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.distributed not in ("ddp", "fsdp"):
@@ -108,15 +112,15 @@ RECIPE_KEYS = ("tokenizer", "seq_len", "batch_size", "grad_accum", "precision", 
                "grad_clip", "chinchilla")
 
 
-def config_from_recipe(preset: str, overrides: dict) -> TrainConfig:
-    """The run's config: lmlab defaults, then the preset's recipe, then `overrides` (None values are ignored)."""
+def config_from_recipe(preset: str, options: dict) -> TrainConfig:
+    """The run's config: lmlab defaults, then the preset's recipe, then `options` (None values are ignored)."""
     recipe = get_preset(preset).recipe
-    return apply_overrides({"preset": preset, **{key: recipe[key] for key in RECIPE_KEYS if key in recipe}},
-                           overrides)
+    return apply_options({"preset": preset, **{key: recipe[key] for key in RECIPE_KEYS if key in recipe}}, options)
 
 
-def apply_overrides(values: dict, overrides: dict) -> TrainConfig:
-    """`values` (a recipe or a saved config) with `overrides` applied. Besides TrainConfig fields, overrides may hold
+def apply_options(values: dict, overrides: dict) -> TrainConfig:
+    """`values` (a recipe or a saved config) with the training options `overrides` applied (model overrides are
+    the `model_overrides` field, applied by lmlab.overrides). Besides TrainConfig fields, overrides may hold
     `lr` (the peak learning rate), `optimizer_name` (another optimizer keeps only lr, weight_decay and no_decay),
     `schedule_name` and `warmup_steps`, merged into the optimizer and schedule dicts. A `grad_clip` of 0 is off."""
     values = dict(values)
@@ -165,5 +169,5 @@ def model_vocab_size(preset_vocab: int, recipe_tokenizer: str | None, tokenizer_
     return size, f"vocab_size {size:,}: {why}"
 
 
-__all__ = ["FREE_KEYS", "PRECISIONS", "TrainConfig", "apply_overrides", "config_from_recipe", "model_vocab_size",
+__all__ = ["FREE_KEYS", "PRECISIONS", "TrainConfig", "apply_options", "config_from_recipe", "model_vocab_size",
            "padded_vocab_size"]

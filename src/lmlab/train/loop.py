@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lmlab.budget import chinchilla_tokens, steps_for_tokens
+from lmlab.config import LMLabConfig
 from lmlab.data import (
     PackedWindows,
     ShuffledSampler,
@@ -37,6 +38,7 @@ from lmlab.data import (
 )
 from lmlab.data.token_cache import cache_key
 from lmlab.model import LMLabForCausalLM, count_parameters
+from lmlab.overrides import apply_overrides, model_wide_value
 from lmlab.presets import get_preset, preset_config
 from lmlab.run_layout import BASE_DIR, CHECKPOINTS
 from lmlab.train import distributed as dist_utils
@@ -104,19 +106,24 @@ def prepare_data(config: TrainConfig, env: dist_utils.Environment, log, tokenize
                 cache_key(corpus, tokenizer), meta)
 
 
+def model_config(config: TrainConfig, tokenizer, log=lambda *_: None) -> LMLabConfig:
+    """The model config a run trains: the preset's, sized for `tokenizer`, with the run's `--set` overrides."""
+    preset = get_preset(config.preset)
+    vocab_size, why = model_vocab_size(preset.config.get("vocab_size", 0), preset.recipe.get("tokenizer"),
+                                       config.tokenizer, len(tokenizer),
+                                       model_wide_value(config.model_overrides, "vocab_size"))
+    log(why)
+    base = preset_config(config.preset, vocab_size=vocab_size, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return apply_overrides(base, config.model_overrides)
+
+
 def build_model(config: TrainConfig, tokenizer, checkpoint: Path | None, log) -> LMLabForCausalLM:
     if checkpoint is not None:
         return LMLabForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    preset = get_preset(config.preset)
-    overrides = dict(config.model_overrides)
-    vocab_size, why = model_vocab_size(preset.config.get("vocab_size", 0), preset.recipe.get("tokenizer"),
-                                       config.tokenizer, len(tokenizer), overrides.pop("vocab_size", None))
-    log(why)
-    model_config = preset_config(config.preset, vocab_size=vocab_size, bos_token_id=tokenizer.bos_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                 **overrides)
+    resolved = model_config(config, tokenizer, log)
     torch.manual_seed(config.seed)
-    return LMLabForCausalLM(model_config)
+    return LMLabForCausalLM(resolved)
 
 
 def resolve_steps(config: TrainConfig, parameters: int, log) -> int:
@@ -379,21 +386,26 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, env: dist_utils.Env
                             tokens_per_s=rate, elapsed_s=elapsed)
                 progress.update(step, loss_value, lr, rate, (config.steps - step) * config.tokens_per_step / rate)
             final = step == config.steps
-            if (config.eval_every and step % config.eval_every == 0) or final:
+            trained_until = time.perf_counter()
+            evaluate = (config.eval_every and step % config.eval_every == 0) or final
+            write_sample = (config.sample_every and step % config.sample_every == 0) or (final and config.sample_tokens)
+            checkpoint = (config.checkpoint_every and step % config.checkpoint_every == 0) or final
+            if evaluate:
                 val = validator(model)
                 metrics.log(step, **val)
                 progress.write(f"step {step}: val loss {val['val_loss']:.4f}, ppl {val['val_ppl']:.2f}, "
                                f"{val['val_bpb']:.4f} bits/byte")
-            if (config.sample_every and step % config.sample_every == 0) or (final and config.sample_tokens):
+            if write_sample:
                 sample = sample_text(model, tokenizer, prompt_ids, config, env.device)
                 metrics.log(step, sample=sample)
                 progress.write(f"--- sample at step {step} ---\n{sample}\n---")
                 if env.is_main:
                     with (run_dir / SAMPLE_FILE).open("a") as handle:
                         handle.write(f"--- step {step} ---\n{sample}\n")
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or final:
+            if checkpoint:
                 save(step)
-                window_start = time.perf_counter()
+            if evaluate or write_sample or checkpoint:  # elapsed_s and tokens/s count training steps only
+                window_start += time.perf_counter() - trained_until
     finally:
         progress.close()
         metrics.close()
@@ -413,4 +425,4 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
     return checkpoint
 
 
-__all__ = ["TrainResult", "TrainingDiverged", "prepare_data", "sample_text", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "model_config", "prepare_data", "sample_text", "train"]

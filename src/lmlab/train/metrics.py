@@ -1,7 +1,8 @@
 """Where training numbers go: RUN/metrics.jsonl (one JSON object per record), TensorBoard (RUN/tensorboard), and
 Weights & Biases when asked for and installed. Only the main process writes.
 
-Records: {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"} every `log_every` steps;
+Records: {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"} every `log_every` steps
+(elapsed_s: seconds spent in training steps since the run began, validation, samples and checkpoints left out);
 {"step", "val_loss", "val_ppl", "val_bpb"} at each validation; {"step", "sample"} for text samples.
 On resume, records after the checkpoint's step are dropped, so the file reads as one uninterrupted run.
 """
