@@ -113,6 +113,8 @@ class SoftmaxAttention(Component):
     """Multi-head causal attention with grouped KV heads (MHA, GQA, MQA), separate q / k / v projections (so
     adapters such as LoRA can target each), optional rotary encoding and sliding window."""
 
+    query_parts = 1  # query rows per head in q_proj, in head_dim units (a subclass may pack more, e.g. a gate)
+
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.config = config
@@ -123,7 +125,7 @@ class SoftmaxAttention(Component):
         self.scale = config.attention_softmax_scale
         self.window = config.layer_spec(layer_idx).window
         d = config.hidden_size
-        self.q_proj = linear(d, self.num_heads * self.head_dim, config.attention_bias, "attn_in")
+        self.q_proj = linear(d, self.query_parts * self.num_heads * self.head_dim, config.attention_bias, "attn_in")
         self.k_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
         self.v_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
         self.out_proj = linear(self.num_heads * self.head_dim, d, config.attention_bias, "attn_out")
@@ -133,6 +135,11 @@ class SoftmaxAttention(Component):
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return self.out_proj(self.attend(q, k, v, ctx))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Rotate, cache and attend: q (B, H, T, d_h), k, v (B, H_kv, T, d_h) -> heads concatenated (B, T, H·d_h)."""
+        b, _, t, _ = q.shape
         if ctx.rotation is not None:
             q, k = ctx.rotation.queries(q), ctx.rotation.keys(k)
         if ctx.cache is not None:
@@ -144,7 +151,7 @@ class SoftmaxAttention(Component):
                              key_padding=ctx.key_padding_mask, window=self.window,
                              dropout_p=self.config.attention_dropout if self.training else 0.0,
                              backend=attention_backend(self.config))
-        return self.out_proj(o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+        return o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
 
 
 MIXERS.register("attention")(SoftmaxAttention)

@@ -62,6 +62,6 @@ def preset_config(name: str, **overrides):
     return LMLabConfig(**{**get_preset(name).config, "preset": name, **overrides})
 
 
-from lmlab.presets import n4, ngen4  # noqa: E402,F401  (registers the presets)
+from lmlab.presets import n4, neollm, ngen4  # noqa: E402,F401  (registers the presets)
 
 __all__ = ["PRESETS", "Preset", "get_preset", "list_presets", "preset_config", "register_preset"]
