@@ -29,6 +29,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from lmlab.nn.numerics import autocast_disabled
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # at least fp32; fp64 stays fp64
@@ -50,7 +52,7 @@ def recurrent_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state:
     """The recurrence, one token at a time. Returns (o (B, T, H, d_v), final state), both in fp32 (or fp64)."""
     dtype = _compute_dtype(q.dtype)
     b, t, h, dk = q.shape
-    with torch.autocast(q.device.type, enabled=False):
+    with autocast_disabled(q.device):
         q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
         state = (q.new_zeros(b, h, dk, v.shape[-1]) if initial_state is None else initial_state.to(dtype))
         outputs = []
@@ -69,7 +71,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state: tor
     c = min(chunk_size, t)  # a short input is one chunk of its own length: no padding
     pad = -t % c
     n = (t + pad) // c
-    with torch.autocast(q.device.type, enabled=False):
+    with autocast_disabled(q.device):
         # (B, T, H, ·) -> (B, H, N, C, ·), padded steps have g = β = k = 0
         q, k, v = (F.pad(x.to(dtype).transpose(1, 2), (0, 0, 0, pad)).reshape(b, h, n, c, -1) for x in (q, k, v))
         g, beta = (F.pad(x.to(dtype).transpose(1, 2), (0, pad)).reshape(b, h, n, c) for x in (g, beta))

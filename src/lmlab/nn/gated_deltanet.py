@@ -6,19 +6,22 @@ Sizes: n_k key heads of d_k, n_v = r·n_k value heads of d_v (`linear_num_key_he
 1. Projections with the Qwen3-Next packing: `in_proj_qkvz(x)` is n_k groups of [q d_k | k d_k | v r·d_v | z r·d_v],
    `in_proj_ba(x)` is n_k groups of [b r | a r]; the v, z, b, a of group j belong to value heads r·j .. r·j + r − 1.
 2. Short convolution: [q | k | v] flattened (n_k·d_k + n_k·d_k + n_v·d_v channels) through a depthwise causal conv
-   y_t[c] = Σ_i w[c, i] · x_{t−K+1+i}[c] (zeros before the first token), no bias, then SiLU. z, a, b are not convolved.
+   y_t[c] = Σ_i w[c, 0, i] · x_{t−K+1+i}[c] (zeros before the first token), no bias, then SiLU. z, a, b are not
+   convolved.
 3. β = σ(b); g = −exp(A_log) · softplus(a + dt_bias) (fp32); value head j reads key head ⌊j / r⌋.
 4. q, k L2-normalised per head (x · rsqrt(Σx² + 1e-6)); q scaled by d_k^−½; the gated delta rule
    (`lmlab.nn.delta_rule`) in fp32.
 5. Per value head: RMSNorm(o) · w (w = 1), then ⊙ SiLU(z) in fp32; heads flattened; `out_proj`.
 
-Parameters and init: in_proj_qkvz, in_proj_ba (role attn_in), out_proj (attn_out) by the init scheme; conv1d weight
-N(0, initializer_range); A_log = log(U(0, 16)); dt_bias = 1; norm weight 1. No biases.
+Parameters and init: in_proj_qkvz, in_proj_ba (role attn_in), out_proj (attn_out) by the init scheme; conv_weight
+(channels, 1, K; the layout of Qwen3-Next's conv1d.weight) N(0, initializer_range); A_log = log(U(0, 16)); dt_bias = 1;
+norm weight 1. No biases.
 
 Decoding state (`GatedDeltaNetState`): the last K − 1 pre-convolution inputs and S (B, n_v, d_k, d_v) in fp32. A
 forward with a cache continues both (prefill: chunked form from the cached S; one token: one recurrence step).
-Left padding: the layer's input is zeroed at padding positions and their decay set to 0, so pads leave every state
-untouched.
+Left padding (as Qwen3-Next): the layer's input is zeroed at padding positions, so pads write nothing (k = v = 0) into
+a state that is still zero, and the convolution sees them as the zeros before the first token: a left-padded row gives
+exactly the outputs and states of the unpadded row.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ L2_EPS = 1e-6
 
 @dataclass
 class GatedDeltaNetState:
-    """Decoding state of one Gated DeltaNet layer: conv (B, channels, K − 1) pre-conv inputs; recurrent (B, n_v, d_k,
+    """Decoding state of one Gated DeltaNet layer: conv (B, K − 1, channels) pre-conv inputs; recurrent (B, n_v, d_k,
     d_v) fp32."""
 
     conv: torch.Tensor
@@ -52,16 +55,21 @@ class GatedDeltaNetState:
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, window: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution of x (B, T, C) with weight (C, 1, K), continuing `window` (B, C, K − 1), the
-    inputs before x (zeros when None). Returns (y (B, T, C), the new window: the last K − 1 inputs)."""
+    """Depthwise causal convolution of x (B, T, C) with weight (C, 1, K), continuing `window` (B, K − 1, C), the
+    inputs before x (zeros when None). Returns (y (B, T, C), the new window: the last K − 1 inputs).
+
+    K shifted multiply-adds rather than F.conv1d: on CPU they are faster forward + backward, and oneDNN's depthwise
+    kernel stalls on busy machines (tens of ms for one decoding step)."""
     b, t, channels = x.shape
     taps = weight.shape[-1]
-    x = x.transpose(1, 2)
     if window is None:
-        window = x.new_zeros(b, channels, taps - 1)
-    full = torch.cat([window.to(x.dtype), x], dim=-1)
-    y = F.conv1d(full, weight.to(x.dtype), groups=channels)
-    return y.transpose(1, 2), full[..., full.shape[-1] - (taps - 1):]
+        window = x.new_zeros(b, taps - 1, channels)
+    full = torch.cat([window.to(x.dtype), x], dim=1)
+    w = weight.reshape(channels, taps).to(x.dtype)
+    y = full[:, :t] * w[:, 0]
+    for i in range(1, taps):
+        y = y + full[:, i:i + t] * w[:, i]
+    return y, full[:, full.shape[1] - (taps - 1):]
 
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -90,15 +98,14 @@ class GatedDeltaNet(Component):
         d = config.hidden_size
         self.in_proj_qkvz = linear(d, 2 * self.key_dim + 2 * self.value_dim, False, "attn_in")
         self.in_proj_ba = linear(d, 2 * self.num_v_heads, False, "attn_in")
-        self.conv1d = nn.Conv1d(self.conv_channels, self.conv_channels, config.linear_conv_kernel_dim,
-                                groups=self.conv_channels, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_channels, 1, config.linear_conv_kernel_dim))
         self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
         self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))
         self.norm = RMSNorm(self.head_v_dim, config.norm_eps)
         self.out_proj = linear(self.value_dim, d, False, "attn_out")
 
     def reset_parameters(self) -> None:
-        init.normal_(self.conv1d.weight, 0.0, self.config.initializer_range)
+        init.normal_(self.conv_weight, 0.0, self.config.initializer_range)
         init.copy_(self.A_log, torch.empty_like(self.A_log).uniform_(0, 16).log())
         init.ones_(self.dt_bias)
 
@@ -122,7 +129,7 @@ class GatedDeltaNet(Component):
         state = ctx.layer_state(self.layer_idx)
 
         mixed = torch.cat([q.reshape(b, t, -1), k.reshape(b, t, -1), v.reshape(b, t, -1)], dim=-1)
-        mixed, window = causal_depthwise_conv(mixed, self.conv1d.weight, None if state is None else state.conv)
+        mixed, window = causal_depthwise_conv(mixed, self.conv_weight, None if state is None else state.conv)
         q, k, v = F.silu(mixed).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q = l2_normalise(q.reshape(b, t, self.num_k_heads, self.head_k_dim))
         k = l2_normalise(k.reshape(b, t, self.num_k_heads, self.head_k_dim))
@@ -132,8 +139,6 @@ class GatedDeltaNet(Component):
 
         beta = torch.sigmoid(beta_logit.float())
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
-        if real is not None:
-            g = g * real[..., None]
         o, recurrent = gated_delta_rule(q, k, v, g, beta, scale=self.head_k_dim ** -0.5,
                                         initial_state=None if state is None else state.recurrent,
                                         chunk_size=self.config.linear_chunk_size)

@@ -20,6 +20,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from lmlab.nn.numerics import autocast_disabled
+
 IGNORE_INDEX = -100
 LOSS_KINDS = ("full", "chunked")
 CHUNK_ELEMENTS = 2 ** 24  # logits per chunk (64 MiB in fp32)
@@ -71,7 +73,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, softcap, rows, needs_grad):
         device = hidden.device.type
-        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        compute = torch.get_autocast_dtype(device) if autocast else hidden.dtype
         valid = targets != IGNORE_INDEX
         safe_targets = targets.clamp(min=0)
         count = valid.sum().float()
@@ -79,7 +82,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if needs_grad and bias is not None else None
-        with torch.autocast(device, enabled=False):
+        with autocast_disabled(hidden.device):
             w = weight.to(compute)
             for start in range(0, hidden.shape[0], rows):
                 stop = min(start + rows, hidden.shape[0])
@@ -104,7 +107,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad_bias += grad_logits.sum(0)
                 grad_logits = grad_logits.to(compute)
                 grad_hidden[start:stop] = grad_logits @ w
-                grad_weight += (grad_logits.T @ h).float()
+                if compute == torch.float32:
+                    grad_weight.addmm_(grad_logits.T, h)  # in place: no vocab × d temporary per chunk
+                else:
+                    grad_weight += (grad_logits.T @ h).float()
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias, count)
             ctx.weight_dtype = weight.dtype
