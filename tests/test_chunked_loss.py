@@ -1,6 +1,9 @@
 """The chunked linear cross-entropy against F.cross_entropy on materialised logits, its memory invariant, and the
 model's loss="chunked" option."""
 
+import sys
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import TINY_VOCAB, randomise_parameters, tiny_model
 from lmlab.config import ConfigError
+from lmlab.nn import loss as loss_module
 from lmlab.nn.loss import shifted_linear_cross_entropy
 
 
@@ -77,6 +81,20 @@ def test_label_shape_mismatch_is_an_error():
     hidden, weight, _, labels = loss_inputs()
     with pytest.raises(ValueError, match="one label per input token"):
         shifted_linear_cross_entropy(hidden, weight, labels[:, 1:])
+
+
+def test_cut_cross_entropy_is_found_but_not_used_on_cpu(monkeypatch):
+    calls = []
+    fake = types.ModuleType("cut_cross_entropy")
+    fake.linear_cross_entropy = lambda *args, **kwargs: calls.append(args)
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy", fake)
+    loss_module._cut_cross_entropy.cache_clear()
+    try:
+        assert loss_module._cut_cross_entropy() is fake.linear_cross_entropy
+        hidden, weight, _, labels = loss_inputs()
+        assert torch.isfinite(shifted_linear_cross_entropy(hidden, weight, labels)) and not calls
+    finally:
+        loss_module._cut_cross_entropy.cache_clear()
 
 
 class LargestTensor(TorchDispatchMode):

@@ -99,10 +99,11 @@ class GatedDeltaNet(Component):
         self.in_proj_qkvz = linear(d, 2 * self.key_dim + 2 * self.value_dim, False, "attn_in")
         self.in_proj_ba = linear(d, 2 * self.num_v_heads, False, "attn_in")
         self.conv_weight = nn.Parameter(torch.empty(self.conv_channels, 1, config.linear_conv_kernel_dim))
-        self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
-        self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_v_heads))
+        self.dt_bias = nn.Parameter(torch.empty(self.num_v_heads))
         self.norm = RMSNorm(self.head_v_dim, config.norm_eps)
         self.out_proj = linear(self.value_dim, d, False, "attn_out")
+        self.reset_parameters()  # usable on its own, not only inside a model that initialises it
 
     def reset_parameters(self) -> None:
         init.normal_(self.conv_weight, 0.0, self.config.initializer_range)

@@ -4,8 +4,8 @@
 final hidden states and the head weight without ever holding the (batch × sequence × vocabulary) logits: rows are
 processed in chunks of about `CHUNK_ELEMENTS / vocab` tokens, and each chunk's gradient is computed in the forward pass
 (softmax − one-hot, through the optional soft-cap, times the head weight / hidden states), so the backward only scales
-the stored gradients. On CUDA with the `cut-cross-entropy` package installed (and no head bias) its Triton kernel is
-used instead. `config.loss = "chunked"` makes the model use it whenever labels are given.
+the stored gradients. On an Ampere-or-newer CUDA GPU with the `cut-cross-entropy` package installed (and no head bias)
+its Triton kernel is used instead. `config.loss = "chunked"` makes the model use it whenever labels are given.
 
 Per token i with hidden h_i, head (E, b) and target y_i (−100 = ignored):
     z_i = E h_i + b,  s_i = cap · tanh(z_i / cap) (when soft-capped, else z_i),  loss_i = logsumexp(s_i) − s_i[y_i]
@@ -50,7 +50,10 @@ def shifted_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     targets = labels[:, 1:].reshape(-1).to(hidden.device)
     kernel = _cut_cross_entropy() if hidden.is_cuda and bias is None else None
-    if kernel is not None:
+    if kernel is not None and torch.cuda.is_bf16_supported():  # CCE's kernel needs an Ampere or newer GPU
+        if torch.is_autocast_enabled("cuda"):  # CCE does not follow autocast; match the materialised head
+            dtype = torch.get_autocast_dtype("cuda")
+            h, weight = h.to(dtype), weight.to(dtype)
         return kernel(h, weight, targets, ignore_index=IGNORE_INDEX, softcap=softcap, reduction="mean")
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
