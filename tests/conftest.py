@@ -10,6 +10,10 @@ import torch
 import lmlab
 from lmlab import LMLabForCausalLM, preset_config
 
+# Tiny test models gain nothing from intra-op threads, and on a busy 2-core machine every small op then waits for a
+# descheduled OpenMP thread (milliseconds each): one thread per test process (xdist runs two) is many times faster.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

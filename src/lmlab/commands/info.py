@@ -11,6 +11,7 @@ import torch
 from lmlab.config import LMLabConfig
 from lmlab.info import describe, parameter_counts
 from lmlab.model import LMLabForCausalLM
+from lmlab.overrides import apply_overrides
 from lmlab.presets import get_preset, list_presets, preset_config
 from lmlab.run_layout import resolve_model_dir
 
@@ -25,6 +26,9 @@ def register(subparsers) -> None:
     source.add_argument("--model", help="a saved lmlab model directory or training run")
     parser.add_argument("--seq-len", type=int, help="sequence length for FLOPs (default: the preset's training "
                                                    "length, else 512)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (mlp=asgg) or a per-layer choice (norm=dyt@layers:0-2); "
+                             "repeatable")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -42,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = LMLabConfig.from_pretrained(resolve_model_dir(args.model))
         seq_len = args.seq_len or config.max_position_embeddings or 512
+    if args.set:
+        config = apply_overrides(config, args.set)
     facts = describe(config, seq_len)
     if args.json:
         print(json.dumps(facts, indent=2))

@@ -11,4 +11,6 @@ from lmlab.nn import (  # noqa: F401
     polynorm,
     position,
     selective_copy,
+    xpos,
+    yatnmn,
 )

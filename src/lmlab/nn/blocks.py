@@ -5,6 +5,7 @@ around them; `block` in the config picks how they meet the residual stream:
 |---|---|
 | prenorm | x = x + drop(mixer(norm(x))); x = x + drop(mlp(norm(x)))  (GPT-2, Llama) |
 | sandwich | x = x + drop(post(mixer(pre(x)))); x = x + drop(post(mlp(pre(x))))  (N4: DyT before and after) |
+| parallel | u = norm(x); x = x + drop(mixer(u)) + drop(mlp(u))  (GPT-J, PaLM, NYX: one norm, both read u) |
 
 Options of every wiring: each pre-norm output × 1/sqrt(l) (`layernorm_scaling`), a FAN layer in front of the mixer
 (layer spec `fan`), GPAS after each residual add (`gpas`); see nn/residual_scaling.py and nn/fan.py.
@@ -70,5 +71,21 @@ class SandwichBlock(PreNormBlock):
         return self.residual(x, self.mlp_post_norm(self.mlp(self.mlp_input(x))), 1)
 
 
+class ParallelBlock(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        spec = config.layer_spec(layer_idx)
+        self.layer_idx = layer_idx
+        self.norm = build_norm(config, config.hidden_size, spec.norm)
+        self.mixer = MIXERS[spec.mixer](config, layer_idx)
+        self.mlp = MLPS[spec.mlp](config, layer_idx)
+        self.dropout = nn.Dropout(config.residual_dropout)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        u = self.norm(x)
+        return x + self.dropout(self.mixer(u, ctx)) + self.dropout(self.mlp(u))
+
+
 BLOCKS.register("prenorm")(PreNormBlock)
 BLOCKS.register("sandwich")(SandwichBlock)
+BLOCKS.register("parallel")(ParallelBlock)

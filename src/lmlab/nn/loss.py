@@ -37,6 +37,14 @@ def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
+def mask_ignored_targets(labels: torch.Tensor, token_id: int | None) -> torch.Tensor:
+    """`labels` with every `token_id` set to −100, so the loss never scores that token as a target (NYX never
+    scores byte 0); unchanged when token_id is None."""
+    if token_id is None:
+        return labels
+    return labels.masked_fill(labels == token_id, IGNORE_INDEX)
+
+
 def shifted_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                                  bias: torch.Tensor | None = None, softcap: float | None = None,
                                  chunk_rows: int | None = None) -> torch.Tensor:
