@@ -4,7 +4,7 @@ Shape: the neollm-110m Gated DeltaNet (16 value heads, d_k = d_v = 32; key heads
 inputs as the layer produces them (L2-normalised q, k; g ≤ 0; β ∈ (0, 1)), fp32. Both forms get the same inputs and
 the outputs are checked to agree. Prints JSON; the ratio is the result (absolute times depend on machine load).
 
-    PYTHONPATH=src python benchmarks/gdn_chunked_vs_recurrent.py [--batch 4] [--seq-len 512] [--repeats 3]
+    PYTHONPATH=src python benchmarks/gdn_chunked_vs_recurrent.py [--batch 4] [--seq-len 512] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = preset_config("neollm-110m")
     tensors = inputs(args.batch, args.seq_len, config)
     scale = config.linear_key_head_dim ** -0.5

@@ -88,14 +88,16 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, scale: float, initial_state: tor
 
         scores = (q @ k.transpose(-1, -2)) * decay
         q_decayed = q * gamma.exp()[..., None]
-        k_to_end = k * (gamma[..., -1:] - gamma).exp()[..., None]
+        k_to_end = (k * (gamma[..., -1:] - gamma).exp()[..., None]).transpose(-1, -2)
         chunk_decay = gamma[..., -1].exp()[..., None, None]
         state = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(dtype)
         outputs = []
-        for i in range(n):
-            values = u[:, :, i] - w[:, :, i] @ state
-            outputs.append(q_decayed[:, :, i] @ state + scores[:, :, i] @ values)
-            state = state * chunk_decay[:, :, i] + k_to_end[:, :, i].transpose(-1, -2) @ values
+        # unbind once: indexing chunk i of the full tensors would cost a full-size gradient per chunk in backward
+        for u_i, w_i, q_i, scores_i, k_i, decay_i in zip(*(x.unbind(2) for x in (
+                u, w, q_decayed, scores, k_to_end, chunk_decay)), strict=True):
+            values = u_i - w_i @ state
+            outputs.append(q_i @ state + scores_i @ values)
+            state = state * decay_i + k_i @ values
         o = torch.stack(outputs, dim=2).reshape(b, h, n * c, dv)[:, :, :t]
         return o.transpose(1, 2), state
 
