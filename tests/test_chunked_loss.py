@@ -58,13 +58,14 @@ def test_without_gradients_and_with_every_target_ignored():
     assert torch.isnan(reference_loss(hidden, weight, ignored))
 
 
-def test_bf16_autocast_runs_the_matmuls_in_bf16_and_the_loss_in_fp32():
+def test_bf16_autocast_gives_an_fp32_loss_and_gradients():
     hidden, weight, _, labels = loss_inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = shifted_linear_cross_entropy(hidden, weight, labels, chunk_rows=5)
-        expected = reference_loss(hidden, weight, labels)
+        expected = reference_loss(hidden, weight, labels)  # bf16 head matmul
     assert ours.dtype == torch.float32
-    assert ours.item() == pytest.approx(expected.item(), abs=1e-4)
+    assert ours.item() == pytest.approx(expected.item(), abs=1e-2)
+    assert ours.item() == pytest.approx(reference_loss(hidden, weight, labels).item(), abs=1e-5)  # fp32 on CPU
     ours.backward()
     assert hidden.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()
 

@@ -65,7 +65,8 @@ register_preset(Preset(
                 num_key_value_heads=2, head_dim=16, num_hidden_layers=4, layers=neollm_layers(4),
                 linear_num_key_heads=2, linear_key_head_dim=16, linear_num_value_heads=4, linear_value_head_dim=16,
                 linear_chunk_size=16),
-    recipe=dict(NEOLLM_RECIPE, seq_len=128, batch_size=16, grad_accum=1,
+    # fp32: a CPU-sized model, and CPUs without AVX512-BF16 run bf16 matmuls far slower than fp32
+    recipe=dict(NEOLLM_RECIPE, seq_len=128, batch_size=16, grad_accum=1, precision="fp32",
                 optimizer=dict(NEOLLM_RECIPE["optimizer"], lr=2e-3, t_alpha=200, t_beta3=200),
                 schedule=dict(name="warm_start_cosine", warmup_steps=20, start_lr=1e-3, min_lr=2e-4),
                 source="lmlab tiny variant"),
