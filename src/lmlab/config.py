@@ -128,6 +128,19 @@ class LMLabConfig(PreTrainedConfig):
     xpos_scale_base: float = 512.0
     loss_ignore_token_id: int | None = None
 
+    # NeoLLM features, usable by any preset: LayerNorm Scaling and GPAS (nn/residual_scaling.py), FAN (nn/fan.py;
+    # layers with fan=True), Gated DeltaNet sizes (nn/gated_deltanet.py), the loss (nn/loss.py)
+    layernorm_scaling: bool = False  # scale each pre-norm output of 1-based layer l by 1/sqrt(l)
+    gpas: str | None = None  # GPAS after each residual add: None, "layer" (one alpha per layer) or "sublayer"
+    fan_ratio: float = 0.125  # periodic share of a FAN layer's output
+    linear_num_key_heads: int = 8
+    linear_key_head_dim: int = 32
+    linear_num_value_heads: int = 16
+    linear_value_head_dim: int = 32
+    linear_conv_kernel_dim: int = 4
+    linear_chunk_size: int = 64  # chunk length of the chunked delta rule (speed only: every length gives one result)
+    loss: str = "full"  # "full" (logits, then cross-entropy) or "chunked" (from hidden states; never all logits)
+
     # tokens
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -174,6 +187,13 @@ class LMLabConfig(PreTrainedConfig):
             raise ConfigError(
                 f"attention_scale must be 'head_dim', 'hidden_size' or a number, got {self.attention_scale!r}"
             )
+        from lmlab.nn.loss import LOSS_KINDS
+        from lmlab.nn.residual_scaling import GPAS_MODES
+
+        if self.loss not in LOSS_KINDS:
+            raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
+        if self.gpas is not None and self.gpas not in GPAS_MODES:
+            raise ConfigError(f"gpas must be None or one of {GPAS_MODES}, got {self.gpas!r}")
         POSITIONS.check(self.position)
         INIT_SCHEMES.check(self.init)
         self._check_nanochat_features()

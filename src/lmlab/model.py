@@ -23,7 +23,7 @@ from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.embedding_stage import EmbeddingStage
 from lmlab.nn.init import embedding, initialise, linear
-from lmlab.nn.loss import mask_ignored_targets, shifted_cross_entropy
+from lmlab.nn.loss import mask_ignored_targets, shifted_cross_entropy, shifted_linear_cross_entropy
 from lmlab.nn.norms import build_norm
 from lmlab.nn.residual_stream import ResidualStream
 from lmlab.registry import BLOCKS, POSITIONS
@@ -180,25 +180,40 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
                 use_cache: bool | None = None, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
         """`labels` are the input ids with padding set to −100; the model shifts them (targets equal to
         `config.loss_ignore_token_id` are not scored either). `logits_to_keep = k` computes logits for the last k
-        positions only (0 = all)."""
+        positions only (0 = all).
+
+        With `config.loss = "chunked"` and labels, the loss comes from the hidden states without materialising the
+        logits, and `logits` is None unless `logits_to_keep = k` asks for the last k positions'."""
         if labels is not None and use_cache is None:
             use_cache = False
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
         hidden = outputs.last_hidden_state
+        if labels is not None:
+            labels = mask_ignored_targets(labels, self.config.loss_ignore_token_id)
+        if labels is not None and self.config.loss == "chunked":
+            loss = shifted_linear_cross_entropy(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
+                                                softcap=self.config.logit_softcap)
+            logits = self.compute_logits(hidden[:, -logits_to_keep:]) if logits_to_keep else None
+            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
+        logits = self.compute_logits(hidden)
+        loss = None
+        if labels is not None:
+            if logits_to_keep:
+                raise ValueError("labels need logits for every position; do not combine them with logits_to_keep "
+                                 "(or use loss='chunked', which needs no logits for the loss)")
+            loss = shifted_cross_entropy(logits, labels)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of hidden states (B, T, d), soft-capped when the config asks."""
         logits = self.lm_head(hidden).float()
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
-        loss = None
-        if labels is not None:
-            if logits_to_keep:
-                raise ValueError("labels need logits for every position; do not combine them with logits_to_keep")
-            labels = mask_ignored_targets(labels, self.config.loss_ignore_token_id)
-            loss = shifted_cross_entropy(logits, labels)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return logits
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -61,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  non-embedding:              {_millions(counts['non_embedding'])}")
     print(f"  forward FLOPs per token:    {facts['forward_flops_per_token'] / 1e6:,.1f} MFLOP at sequence length "
           f"{seq_len}")
+    print("  parameters by component:")
+    width = max(len(row["component"]) for row in facts["components"])
+    for row in facts["components"]:
+        each = f"x {row['each']:>11,}" if row["each"] is not None else "modules      "
+        print(f"    {row['component']:<{width}}  {row['modules']:>3} {each} = {row['parameters']:>12,}")
     kinds = Counter((layer["block"], layer["mixer"], layer["mlp"], layer["norm"]) for layer in facts["layers"])
     for (block, mixer, mlp, norm), count in kinds.items():
         print(f"  {count} x layer: block={block} mixer={mixer} mlp={mlp} norm={norm}")

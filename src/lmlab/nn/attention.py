@@ -143,6 +143,8 @@ class SoftmaxAttention(Component):
     value embeddings (lmlab.nn.value_embedding) to v. A windowed layer caches only the keys its window can reach.
     """
 
+    query_parts = 1  # query rows per head in q_proj, in head_dim units (a subclass may pack more, e.g. a gate)
+
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.config = config
@@ -154,7 +156,7 @@ class SoftmaxAttention(Component):
         spec = config.layer_spec(layer_idx)
         self.window = spec.window
         d = config.hidden_size
-        self.q_proj = linear(d, self.num_heads * self.head_dim, config.attention_bias, "attn_in")
+        self.q_proj = linear(d, self.query_parts * self.num_heads * self.head_dim, config.attention_bias, "attn_in")
         self.k_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
         self.v_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
         self.out_proj = linear(self.num_heads * self.head_dim, d, config.attention_bias, "attn_out")
@@ -184,8 +186,12 @@ class SoftmaxAttention(Component):
         return KVCache() if self.window is None else SlidingKVCache(window=self.window)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        b, t, _ = x.shape
         q, k, v = self.project(x, ctx)
+        return self.out_proj(self.attend(q, k, v, ctx))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Cache and attend: q (B, H, T, d_h), k, v (B, H_kv, T, d_h) -> heads concatenated (B, T, H·d_h)."""
+        b, _, t, _ = q.shape
         if ctx.cache is not None:
             state = ctx.layer_state(self.layer_idx) or self.new_cache()
             k, v = state.append(k, v)
@@ -195,7 +201,7 @@ class SoftmaxAttention(Component):
                              key_padding=ctx.key_padding_mask, window=self.window,
                              dropout_p=self.config.attention_dropout if self.training else 0.0,
                              backend=attention_backend(self.config))
-        return self.out_proj(o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+        return o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
 
 
 MIXERS.register("attention")(SoftmaxAttention)

@@ -85,7 +85,7 @@ def preset_config(name: str, **overrides):
     return LMLabConfig(**{**get_preset(name).config, "preset": name, **overrides})
 
 
-from lmlab.presets import n4, ngen4, nyx, yatgpt  # noqa: E402,F401  (registers the presets)
+from lmlab.presets import n4, neollm, ngen4, nyx, yatgpt  # noqa: E402,F401  (registers the presets)
 
 __all__ = ["PRESETS", "PRESET_FAMILIES", "Preset", "get_preset", "list_presets", "preset_config", "register_preset",
            "register_preset_family"]
