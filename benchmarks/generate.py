@@ -1,0 +1,124 @@
+"""Decoding speed: lmlab's cached engine against full recomputation, transformers' generate and N4's own sampler.
+
+For every `-tiny` preset (each family's components at CPU-test size, with the family's real vocabulary) this times
+new tokens per second for `--new-tokens` tokens after a `--prompt-tokens` random prompt, at batch 1 and batch 8,
+greedy, end-of-sequence ignored, fresh random weights:
+
+- `cached`: lmlab.generate (prefill, then one token per step with the model's cache);
+- `recompute`: the same engine with use_cache=False (the whole sequence every step, logits of the last position
+  only) — target: cached ≥ 10× this;
+- `hf_generate`: transformers' `model.generate` on the same model (its cache is our LMLabCache) — target ≥ 1.5×;
+- `generate_n4c` (N4 only, batch 1): the published N4 sampler as specified in shared/specs/n4.md §7.1, written out
+  below: a forward over the whole sequence per token, logits of every position, temperature 0.7, top-k 10.
+
+All measurements run in one process, one after another on the same model (timings on a shared machine are noisy;
+the ratios are what to read). Prints one JSON document.
+
+    PYTHONPATH=src python benchmarks/generate.py [--presets n4-tiny,ngen4-tiny] [--threads 1] [--new-tokens 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from lmlab import LMLabForCausalLM, list_presets, preset_config
+from lmlab.generate import generate_tokens
+from lmlab.sampling import SamplingOptions
+
+
+def generate_n4c(model, input_ids: torch.Tensor, max_new_tokens: int = 512, temperature: float = 0.7,
+                 top_k: int = 10, top_p: float = 2.0, eos_token_id: int | None = 2):
+    """The published N4 sampler (spec §7.1): full recomputation per token, batch 1, yields one int per step."""
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids).logits[0, -1]
+        if temperature != 1.0:
+            logits = logits / temperature
+        if top_k > 0:
+            kth = torch.topk(logits, top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = torch.cumsum(torch.softmax(sorted_logits, -1), -1)
+            remove = cumulative > top_p
+            remove[1:] = remove[:-1].clone()
+            remove[0] = False
+            logits[order[remove]] = float("-inf")
+        token = torch.multinomial(torch.softmax(logits, -1), 1)
+        if eos_token_id is not None and token.item() == eos_token_id:
+            return
+        yield token.item()
+        input_ids = torch.cat([input_ids, token[None]], dim=1)
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def bench_preset(name: str, batches: list[int], prompt_tokens: int, new_tokens: int, skip_recompute: bool) -> dict:
+    torch.manual_seed(0)
+    config = preset_config(name, embedding_dropout=0.0, attention_dropout=0.0, residual_dropout=0.0)
+    model = LMLabForCausalLM(config).eval()
+    greedy = SamplingOptions(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
+    result = {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": config.vocab_size}
+    for batch in batches:
+        prompt = torch.randint(0, config.vocab_size, (batch, prompt_tokens))
+        rows = prompt.tolist()
+        generate_tokens(model, rows, SamplingOptions(max_new_tokens=4, temperature=0.0, stop_token_ids=()))  # warm-up
+        seconds, cached = timed(generate_tokens, model, rows, greedy)
+        assert all(len(c.token_ids) == new_tokens for c in cached)
+        entry = {"cached_tok_s": batch * new_tokens / seconds}
+        if not skip_recompute:
+            seconds, _ = timed(generate_tokens, model, rows, greedy, use_cache=False)
+            entry["recompute_tok_s"] = batch * new_tokens / seconds
+            entry["speedup_vs_recompute"] = entry["cached_tok_s"] / entry["recompute_tok_s"]
+        with torch.inference_mode():
+            seconds, out = timed(model.generate, prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, use_cache=True)
+        assert out.shape[1] == prompt_tokens + new_tokens
+        entry["hf_generate_tok_s"] = batch * new_tokens / seconds
+        entry["speedup_vs_hf_generate"] = entry["cached_tok_s"] / entry["hf_generate_tok_s"]
+        if batch == 1 and config.mixer == "selective_copy":
+            seconds, tokens = timed(lambda p: list(generate_n4c(model, p, new_tokens, eos_token_id=None)), prompt)
+            assert len(tokens) == new_tokens
+            entry["generate_n4c_tok_s"] = new_tokens / seconds
+            entry["speedup_vs_generate_n4c"] = entry["cached_tok_s"] / entry["generate_n4c_tok_s"]
+        result[f"batch_{batch}"] = entry
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", help="comma-separated presets (default: every -tiny preset)")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=512)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--skip-recompute", action="store_true", help="skip the slow full-recomputation baseline")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    presets = args.presets.split(",") if args.presets else [p.name for p in list_presets() if p.name.endswith("-tiny")]
+    batches = [int(b) for b in args.batches.split(",")]
+    report = {
+        "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+        "setup": {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "decoding": "greedy, fp32",
+                  "targets": {"speedup_vs_recompute": 10.0, "speedup_vs_hf_generate": 1.5}},
+        "presets": {},
+    }
+    for name in presets:
+        report["presets"][name] = bench_preset(name, batches, args.prompt_tokens, args.new_tokens,
+                                               args.skip_recompute)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
