@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import lmlab
 from lmlab import LMLabForCausalLM, preset_config
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# LMLAB_SHARED_DATA points elsewhere (e.g. from a git worktree, whose parent holds no shared/ folder)
+SHARED_DATA = Path(os.environ.get("LMLAB_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 TINY_VOCAB = 101
 
