@@ -206,3 +206,40 @@ def test_prompt_longer_than_the_context_is_an_error():
 def test_bad_sampling_options(bad, match):
     with pytest.raises(ValueError, match=match):
         SamplingOptions(**bad)
+
+
+# ---- command line
+
+def test_generate_command_streams_the_completion(tmp_path, capsys):
+    from conftest import save_model_dir
+    from lmlab.cli import main
+    from lmlab.inference import load_model
+
+    model_dir = save_model_dir(tmp_path / "model", "n4-tiny")
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "step-00000001").symlink_to(model_dir)
+    (run / "LATEST").write_text("step-00000001\n")
+    assert main(["generate", "--checkpoint", str(tmp_path / "run"), "--prompt", "Hello", "--max-new-tokens", "12",
+                 "--greedy", "--ignore-eos", "--device", "cpu", "--dtype", "float32"]) == 0
+    captured = capsys.readouterr()
+    model, tokenizer, _ = load_model(model_dir)
+    expected = Generator(model, tokenizer).generate(["Hello"], SamplingOptions(max_new_tokens=12, **GREEDY))[0]
+    assert captured.out == "Hello" + expected.text + "\n"
+    assert "12 tokens" in captured.err and "finished: length" in captured.err
+
+
+def test_generate_command_batch_and_bad_input(tmp_path, capsys):
+    from conftest import save_model_dir
+    from lmlab.cli import main
+
+    model_dir = save_model_dir(tmp_path / "model", "ngen4-tiny", max_position_embeddings=32)
+    assert main(["generate", "--checkpoint", str(model_dir), "--prompt", "a", "--prompt", "bc", "--num-samples", "2",
+                 "--max-new-tokens", "3", "--seed", "1", "--no-echo"]) == 0
+    assert capsys.readouterr().out.count("=== ") == 4
+    assert main(["generate", "--checkpoint", str(model_dir), "--prompt", ""]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(model_dir), "--prompt", "x" * 40]) == 2
+    assert "has 40 tokens but the model's context is 32 tokens" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
+    assert "no such model or run directory" in capsys.readouterr().err

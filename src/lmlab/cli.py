@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-VERBS = ("info", "convert")
+VERBS = ("info", "convert", "generate", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

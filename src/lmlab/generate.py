@@ -196,17 +196,18 @@ class Generator:
             raise ValueError(f"the prompt {prompt!r} encodes to no tokens")
         return ids
 
-    def stop_token_ids(self, options: SamplingOptions) -> set[int]:
-        if options.stop_token_ids is not None:
-            return set(options.stop_token_ids)
+    def default_stop_token_ids(self) -> set[int]:
+        """The model's and the tokenizer's end-of-sequence ids."""
         ids = model_stop_token_ids(self.model.config)
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
-    def _events(self, prompts: list[str], options: SamplingOptions, use_cache: bool,
+    def stop_token_ids(self, options: SamplingOptions) -> set[int]:
+        return self.default_stop_token_ids() if options.stop_token_ids is None else set(options.stop_token_ids)
+
+    def _events(self, prompt_ids: list[list[int]], options: SamplingOptions, use_cache: bool,
                 completions: list[Completion]) -> Iterator[tuple[int, str]]:
-        prompt_ids = [self.encode(p) for p in prompts]
         decoder = BatchDecoder(self.model, prompt_ids, options, use_cache=use_cache,
                                stop_token_ids=self.stop_token_ids(options))
         streams = [TextStream(self.tokenizer, ids, options.stop) for ids in prompt_ids]
@@ -225,20 +226,25 @@ class Generator:
             completion.text = stream.text
             completions.append(completion)
 
+    def generate_ids(self, prompt_ids: list[list[int]], options: SamplingOptions | None = None, *,
+                     on_text: Callable[[int, str], None] | None = None, use_cache: bool = True) -> list[Completion]:
+        """Complete prompts given as token ids (one batch); `on_text(row, piece)` receives text as it is decoded."""
+        completions: list[Completion] = []
+        for row, piece in self._events(prompt_ids, options or SamplingOptions(), use_cache, completions):
+            if on_text is not None:
+                on_text(row, piece)
+        return completions
+
     def generate(self, prompts: str | list[str], options: SamplingOptions | None = None, *,
                  on_text: Callable[[int, str], None] | None = None, use_cache: bool = True) -> list[Completion]:
         """Complete every prompt (one batch); `on_text(row, piece)` receives the text as it is decoded."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        completions: list[Completion] = []
-        for row, piece in self._events(list(prompts), options or SamplingOptions(), use_cache, completions):
-            if on_text is not None:
-                on_text(row, piece)
-        return completions
+        return self.generate_ids([self.encode(p) for p in prompts], options, on_text=on_text, use_cache=use_cache)
 
     def stream(self, prompt: str, options: SamplingOptions | None = None) -> Iterator[str]:
         """Yield the completion of one prompt piece by piece."""
-        for _, piece in self._events([prompt], options or SamplingOptions(), True, []):
+        for _, piece in self._events([self.encode(prompt)], options or SamplingOptions(), True, []):
             yield piece
 
 
