@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,8 +180,6 @@ def test_winogrande_scores_the_shared_continuation_after_each_option(local_run):
 
 def test_local_prompts_are_lm_evals_prompts(local_run):
     """The local YAMLs reproduce lm-eval's built-in prompts (what --source hub runs) on the same rows."""
-    from pathlib import Path
-
     import lm_eval
     from lm_eval.tasks._yaml_loader import load_yaml
     from lm_eval.utils import apply_template
@@ -209,7 +208,6 @@ def test_local_prompts_are_lm_evals_prompts(local_run):
 
 def test_hellaswag_preprocessing_matches_lm_evals():
     import importlib.util
-    from pathlib import Path
 
     import datasets
     import lm_eval
@@ -360,3 +358,25 @@ def test_default_data_dir_is_beside_the_repository(monkeypatch):
     assert default_data_dir() == REPO.parent / "shared" / "data" / "eval"
     monkeypatch.setenv(DATA_ENV, "/somewhere/else")
     assert str(default_data_dir()) == "/somewhere/else"
+
+
+def test_hub_source_uses_lm_evals_own_tasks_of_the_same_names(tmp_path, monkeypatch):
+    """--source hub indexes lm-eval's built-in tasks (whose prompts the local YAMLs reproduce) and only the user's
+    YAMLs besides; building lm-eval's full index takes a minute, so the manager is replaced by a recorder."""
+    import lm_eval.tasks
+
+    from lmlab.eval.tasks import TaskCatalog
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, include_path, include_defaults):
+            seen["defaults"] = include_defaults
+            seen["files"] = sorted(p.name for p in Path(include_path).iterdir())
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Recorder)
+    (tmp_path / "mine.yaml").write_text("task: mine\ndataset_path: json\n")
+    TaskCatalog("hub", tmp_path, include=[tmp_path / "mine.yaml"]).close()
+    assert seen == {"defaults": True, "files": ["0000_mine.yaml"]}
+    TaskCatalog("local", tmp_path).close()
+    assert seen["defaults"] is False and len(seen["files"]) == 6 + 5 + 57  # 6 tasks, MMLU: 5 groups, 57 subjects

@@ -44,8 +44,10 @@ def go_offline() -> None:
     for name in OFFLINE_ENV:
         os.environ.setdefault(name, "1")
     import datasets
+    import huggingface_hub
 
-    datasets.config.HF_HUB_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = True  # the modules read the variables once, when imported
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def task_yaml_files(paths) -> list[Path]:
