@@ -47,6 +47,15 @@ __all__ = ["REPO", "SHARED_DATA", "TINY_VOCAB", "byte_tokenizer", "lmlab", "rand
            "shared_data", "tiny_model"]
 
 
+@pytest.fixture
+def one_thread():
+    """Run with one torch thread: tiny models decode fastest so, and busy-waiting threads stall on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---- model directories for the commands that load a saved model (generate, eval)
 
 def byte_tokenizer():

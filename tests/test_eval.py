@@ -18,12 +18,7 @@ LOCAL_TASKS = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "
 CONTEXT = 320  # evaluation context for the lm-eval runs (byte tokens; PIQA solutions reach 248): keeps them fast
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

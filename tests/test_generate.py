@@ -18,13 +18,7 @@ GREEDY = dict(temperature=0.0, stop_token_ids=())
 CASES = {"short": ((5,), 12), "chunks": ((70, 3), 66)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models decode fastest single-threaded (two busy-waiting threads on a shared machine stall)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def windowed(preset: str, window: int, **overrides):

@@ -89,6 +89,8 @@ class BatchDecoder:
         self.finish_reason: list[str | None] = [None] * len(prompts)
 
     def finish(self, row: int, reason: str = "stop") -> None:
+        if reason not in FINISH_REASONS:
+            raise ValueError(f"unknown finish reason {reason!r}; one of {FINISH_REASONS}")
         if self.finish_reason[row] is None:
             self.finish_reason[row] = reason
 
@@ -146,7 +148,8 @@ class BatchDecoder:
             if not keep:
                 break
             with torch.inference_mode():
-                ids[:, length] = tokens
+                if cache is None:
+                    ids[:, length] = tokens  # the recomputation reads the whole sequence
                 length += 1
                 if len(keep) < len(rows):
                     index = torch.tensor(keep, device=device)
