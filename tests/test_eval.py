@@ -280,6 +280,31 @@ def test_generate_until_stops_at_until_and_matches_the_engine(byte_model):
         lm.generate_until([bad])
 
 
+def test_rolling_loglikelihood_is_the_disjoint_window_perplexity(byte_model):
+    from lm_eval.api.instance import Instance
+
+    from lmlab.eval.harness import LMLabLM
+
+    model, tokenizer = byte_model
+    text = "A document longer than one window of the evaluator. " * 3
+    lm = LMLabLM(model=model, tokenizer=tokenizer, max_length=32)
+    [total] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    assert total == pytest.approx(-text_perplexity(model, tokenizer, text, context=32, stride=32).nll, rel=1e-6)
+
+
+def test_lm_eval_finds_the_lmlab_model_by_name(tmp_path):
+    from lm_eval.api.registry import get_model
+
+    from lmlab.eval.harness import LMLabLM
+
+    model_dir = save_model_dir(tmp_path / "model", "ngen4-tiny")
+    assert get_model("lmlab") is LMLabLM
+    lm = LMLabLM.create_from_arg_string(f"pretrained={model_dir},max_length=64", {"batch_size": 4, "device": "cpu"})
+    assert lm.batch_size == 4 and lm.max_length == 64
+    with pytest.raises(TypeError):
+        LMLabLM.create_from_arg_string(f"pretrained={model_dir},dtpye=bfloat16")
+
+
 # ---- bad input
 
 def test_unknown_task_names_the_close_match(tmp_path):

@@ -36,7 +36,9 @@ class LMLabLM(TemplateLM):
 
     def __init__(self, pretrained: str | None = None, model=None, tokenizer=None, device: str = "auto",
                  dtype: str = "auto", batch_size: int | str | None = 16, max_length: int | None = None,
-                 **unused):
+                 max_batch_size: int | None = None):
+        """`max_batch_size` is accepted for lm-eval's command line and not used: batches are bounded by a token
+        and logit budget instead (lmlab.eval.scoring)."""
         super().__init__()
         if (pretrained is None) == (model is None):
             raise ValueError("give either pretrained=<model or run directory> or model= (with tokenizer=)")
@@ -47,7 +49,7 @@ class LMLabLM(TemplateLM):
         elif tokenizer is None:
             raise ValueError("model= needs its tokenizer=")
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size = 16 if batch_size in (None, "auto") else int(batch_size)
+        self.batch_size = 16 if batch_size is None or str(batch_size).startswith("auto") else int(batch_size)
         self.max_length = context_length(model.config, max_length)
         self.generator = Generator(model, tokenizer, add_special_tokens=False)
 
