@@ -334,6 +334,21 @@ def test_too_many_mmlu_exemplars_locally(byte_model):
         evaluate(model, tokenizer, ["mmlu_anatomy"], data_dir=shared_data("eval"), num_fewshot=5, limit=1)
 
 
+def test_without_lm_eval_perplexity_works_and_benchmarks_say_what_to_install(byte_model, tmp_path, monkeypatch):
+    import sys
+
+    from lmlab.eval.run import evaluate, format_report
+
+    model, tokenizer = byte_model
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now fails as if it were not installed
+    text = tmp_path / "t.txt"
+    text.write_text("some text to score " * 5)
+    report = evaluate(model, tokenizer, [f"perplexity:{text}"], max_length=32)
+    assert "Bits/byte" in format_report(report)
+    with pytest.raises(RuntimeError, match=r"pip install 'lmlab\[eval\]'"):
+        evaluate(model, tokenizer, ["arc_easy"])
+
+
 @pytest.mark.parametrize("spec,error", [("perplexity:/no/such.txt", "no such text file"),
                                         ("/no/such/task.yaml", "no such task file"), ("", "no tasks given")])
 def test_bad_task_specs(spec, error):

@@ -16,18 +16,12 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from lmlab.eval.scoring import score_spans, strided_windows
+from lmlab.eval.scoring import context_length, score_spans, strided_windows
 from lmlab.generate import Generator
 from lmlab.sampling import SamplingOptions
 
-DEFAULT_CONTEXT = 2048  # for models without a position limit (NoPE, ALiBi-like): a context they can still run
 GENERATION_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p", "min_p",
                    "repetition_penalty"}
-
-
-def context_length(config, override: int | None = None) -> int:
-    """The window the evaluator gives the model: `override`, else the model's position limit, else 2048."""
-    return int(override or config.max_position_embeddings or DEFAULT_CONTEXT)
 
 
 @register_model("lmlab")
@@ -140,4 +134,4 @@ class LMLabLM(TemplateLM):
                 "dtype": str(self.model.dtype), "device": str(self.model.device)}
 
 
-__all__ = ["LMLabLM", "context_length"]
+__all__ = ["LMLabLM"]

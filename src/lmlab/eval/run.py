@@ -24,6 +24,14 @@ class TaskSpecs:
     texts: list[Path] = field(default_factory=list)  # perplexity files
 
 
+def require_lm_eval() -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError("benchmark tasks run through lm-evaluation-harness, which is not installed: "
+                           "pip install 'lmlab[eval]' (perplexity:PATH works without it)") from err
+
+
 def parse_task_specs(specs: list[str]) -> TaskSpecs:
     from lmlab.eval.tasks import yaml_task_name
 
@@ -40,6 +48,7 @@ def parse_task_specs(specs: list[str]) -> TaskSpecs:
             path = Path(spec).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"no such task file: {path}")
+            require_lm_eval()
             parsed.include.append(path)
             parsed.harness.append(yaml_task_name(path))
         else:
@@ -78,14 +87,17 @@ def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot: int | None = No
              log_samples: bool = False) -> dict:
     """Run every task spec on a loaded model; returns the report (see `format_report`). `log_samples` keeps every
     request and response (lm-eval's per-row "samples")."""
-    from lmlab.eval.harness import LMLabLM, context_length
     from lmlab.eval.perplexity import file_perplexity
-    from lmlab.eval.tasks import TaskCatalog
+    from lmlab.eval.scoring import context_length
 
     specs = parse_task_specs(tasks)
     report: dict = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "source": source,
                     "context_length": context_length(model.config, max_length), "date": time.strftime("%F %T")}
     if specs.harness:
+        require_lm_eval()
+        from lmlab.eval.harness import LMLabLM
+        from lmlab.eval.tasks import TaskCatalog
+
         catalog = TaskCatalog(source, data_dir, [*include, *specs.include])
         report["data_dir"] = str(catalog.data_dir) if source == "local" else None
         try:
@@ -103,10 +115,10 @@ def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot: int | None = No
 
 def format_report(report: dict) -> str:
     """Markdown tables: lm-eval's task (and group) table, then one row per perplexity file."""
-    from lm_eval.utils import make_table
-
     parts = []
     if "harness" in report:
+        from lm_eval.utils import make_table
+
         parts.append(make_table(report["harness"]))
         if report["harness"].get("groups"):
             parts.append(make_table(report["harness"], "groups"))
@@ -132,9 +144,15 @@ def report_path(model_dir: Path, output: str | Path | None) -> Path:
     return path
 
 
-def save_report(report: dict, path: Path) -> None:
-    from lm_eval.utils import handle_non_serializable
+def _jsonable(value):
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)  # e.g. the functions in lm-eval's task configs
 
+
+def save_report(report: dict, path: Path) -> None:
     def finite(value):  # JSON has no NaN: lm-eval reports "N/A" stderr as NaN in places
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
@@ -145,7 +163,7 @@ def save_report(report: dict, path: Path) -> None:
             return [clean(v) for v in obj]
         return finite(obj)
 
-    path.write_text(json.dumps(clean(report), indent=2, default=handle_non_serializable))
+    path.write_text(json.dumps(clean(report), indent=2, default=_jsonable))
 
 
 __all__ = ["evaluate", "format_report", "parse_task_specs", "report_path", "save_report"]

@@ -17,8 +17,14 @@ import torch
 
 from lmlab.generate import eval_mode
 
+DEFAULT_CONTEXT = 2048  # for models without a position limit (NoPE): a window they can still run
 LOGIT_BUDGET = 2**25  # fp32 logits per batch (128 MiB; the log-softmax takes as much again)
 TOKEN_BUDGET = 2**14  # input tokens per batch
+
+
+def context_length(config, override: int | None = None) -> int:
+    """The window an evaluation gives the model: `override`, else its position limit, else 2048 tokens."""
+    return int(override or config.max_position_embeddings or DEFAULT_CONTEXT)
 
 
 def strided_windows(num_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -103,4 +109,4 @@ def score_spans(model, spans: list[tuple[list[int], int]], max_batch: int = 32) 
     return results
 
 
-__all__ = ["score_spans", "strided_windows"]
+__all__ = ["context_length", "score_spans", "strided_windows"]
