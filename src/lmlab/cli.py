@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-VERBS = ("info", "convert", "train", "finetune", "export", "compare")
+VERBS = ("info", "convert", "train", "finetune", "generate", "eval", "compare", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,188 @@
+"""Decoding speed: lmlab's cached engine against full recomputation, transformers' generate and N4's own sampler.
+
+For every `-tiny` preset this times new tokens per second for `--new-tokens` tokens after a `--prompt-tokens`
+random prompt, at batch 1 and batch 8,
+greedy, end-of-sequence ignored, fresh random weights, at one of two sizes:
+
+- `small` (default): the preset's components, layers and heads with hidden size 256 (MLP width scaled with it)
+  and a 8192-token vocabulary — a small model whose blocks, not its vocabulary projection, cost the time;
+- `tiny`: the `-tiny` preset as it is (hidden size 64 beside the family's full vocabulary of 32–50k tokens: the
+  output projection is ~95% of the weights and of every decoding step, whatever the cache does).
+
+Methods:
+
+- `cached`: lmlab.generate (prefill, then one token per step with the model's cache);
+- `recompute`: the same engine with use_cache=False (the whole sequence every step, logits of the last position
+  only) — target: cached ≥ 10× this;
+- `hf_generate`: transformers' `model.generate` on the same model (its cache is our LMLabCache) — target ≥ 1.5×;
+- `model_forward`: the model's cached one-token forward alone, timed in a bare loop: the floor under any decoding
+  loop (cached_ms − forward_ms is our loop's overhead per step, hf_generate_ms − forward_ms transformers');
+- `generate_n4c` (N4 only, batch 1): the published N4 sampler as specified in shared/specs/n4.md §7.1, written out
+  below: a forward over the whole sequence per token, logits of every position, temperature 0.7, top-k 10.
+
+All measurements run in one process on the same model; the fast ones are interleaved and the best of `--rounds`
+counts (timings on a shared machine are noisy: other processes only ever slow a run down; read the ratios).
+Prints one JSON document (and one line per preset on stderr as it goes).
+
+    PYTHONPATH=src python benchmarks/generate.py [--size small|tiny] [--presets n4-tiny,ngen4-tiny] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+
+import torch
+
+from lmlab import LMLabForCausalLM, list_presets, preset_config
+from lmlab.generate import generate_tokens
+from lmlab.sampling import SamplingOptions
+
+
+def generate_n4c(model, input_ids: torch.Tensor, max_new_tokens: int = 512, temperature: float = 0.7,
+                 top_k: int = 10, top_p: float = 2.0, eos_token_id: int | None = 2):
+    """The published N4 sampler (spec §7.1): full recomputation per token, batch 1, yields one int per step."""
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids).logits[0, -1]
+        if temperature != 1.0:
+            logits = logits / temperature
+        if top_k > 0:
+            kth = torch.topk(logits, top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = torch.cumsum(torch.softmax(sorted_logits, -1), -1)
+            remove = cumulative > top_p
+            remove[1:] = remove[:-1].clone()
+            remove[0] = False
+            logits[order[remove]] = float("-inf")
+        token = torch.multinomial(torch.softmax(logits, -1), 1)
+        if eos_token_id is not None and token.item() == eos_token_id:
+            return
+        yield token.item()
+        input_ids = torch.cat([input_ids, token[None]], dim=1)
+
+
+def forward_ms_per_step(model, prompt: torch.Tensor, steps: int) -> float:
+    """The model's own cached one-token forward, nothing else: the floor under any decoding loop."""
+    with torch.inference_mode():
+        cache = model(prompt, use_cache=True, logits_to_keep=1).past_key_values
+        token = prompt[:, -1:]
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(token, past_key_values=cache, use_cache=True)
+        return (time.perf_counter() - start) / steps * 1e3
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+SMALL = dict(hidden_size=256, vocab_size=8192)
+
+
+def benchmark_config(name: str, size: str, length: int):
+    """The preset at `size`, dropout off, no end-of-sequence token (every method generates all `--new-tokens`
+    without a stopping rule to evaluate), its position limit (if any) raised to `length` tokens."""
+    base = dict(embedding_dropout=0.0, attention_dropout=0.0, residual_dropout=0.0, bos_token_id=None,
+                eos_token_id=None, pad_token_id=None)
+    config = preset_config(name, **base)
+    if config.max_position_embeddings is not None:
+        base["max_position_embeddings"] = max(config.max_position_embeddings, length)
+    if size == "tiny":
+        return preset_config(name, **base)
+    scale = SMALL["hidden_size"] / config.hidden_size
+    return preset_config(name, **base, head_dim=None, intermediate_size=int(config.intermediate_size * scale),
+                         **SMALL)
+
+
+def bench_batch(model, config, batch: int, prompt_tokens: int, new_tokens: int, rounds: int,
+                skip_recompute: bool) -> dict:
+    prompt = torch.randint(0, config.vocab_size, (batch, prompt_tokens))
+    rows = prompt.tolist()
+    greedy = SamplingOptions(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
+
+    def cached():
+        completions = generate_tokens(model, rows, greedy)
+        assert all(len(c.token_ids) == new_tokens for c in completions)
+
+    def hf_generate():
+        with torch.inference_mode():
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                 max_new_tokens=new_tokens, pad_token_id=0, use_cache=True)
+        assert out.shape[1] == prompt_tokens + new_tokens
+
+    generate_tokens(model, rows, SamplingOptions(max_new_tokens=4, temperature=0.0, stop_token_ids=()))  # warm-up
+    best = {"cached": math.inf, "hf_generate": math.inf, "model_forward": math.inf}
+    for _ in range(rounds):  # interleaved, best of `rounds`: other processes on the machine only ever slow a run
+        best["cached"] = min(best["cached"], timed(cached)[0] / new_tokens * 1e3)
+        best["hf_generate"] = min(best["hf_generate"], timed(hf_generate)[0] / new_tokens * 1e3)
+        best["model_forward"] = min(best["model_forward"], forward_ms_per_step(model, prompt, new_tokens))
+    entry = {f"{name}_ms_per_step": ms for name, ms in best.items()}
+    entry["cached_tok_s"] = batch * 1e3 / best["cached"]
+    entry["hf_generate_tok_s"] = batch * 1e3 / best["hf_generate"]
+    entry["speedup_vs_hf_generate"] = best["hf_generate"] / best["cached"]
+    if not skip_recompute:  # minutes per run: timed once
+        seconds = timed(generate_tokens, model, rows, greedy, use_cache=False)[0]
+        entry["recompute_tok_s"] = batch * new_tokens / seconds
+        entry["speedup_vs_recompute"] = entry["cached_tok_s"] / entry["recompute_tok_s"]
+    if batch == 1 and config.mixer == "selective_copy":
+        seconds, tokens = timed(lambda p: list(generate_n4c(model, p, new_tokens, eos_token_id=None)), prompt)
+        assert len(tokens) == new_tokens
+        entry["generate_n4c_tok_s"] = new_tokens / seconds
+        entry["speedup_vs_generate_n4c"] = entry["cached_tok_s"] / entry["generate_n4c_tok_s"]
+    return entry
+
+
+def bench_preset(name: str, size: str, batches: list[int], prompt_tokens: int, new_tokens: int, rounds: int,
+                 skip_recompute: bool) -> dict:
+    torch.manual_seed(0)
+    config = benchmark_config(name, size, prompt_tokens + new_tokens)
+    model = LMLabForCausalLM(config).eval()
+    result = {"parameters": sum(p.numel() for p in model.parameters()), "hidden_size": config.hidden_size,
+              "layers": config.num_hidden_layers, "vocab_size": config.vocab_size}
+    for batch in batches:
+        result[f"batch_{batch}"] = bench_batch(model, config, batch, prompt_tokens, new_tokens, rounds,
+                                               skip_recompute)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", help="comma-separated presets (default: every -tiny preset)")
+    parser.add_argument("--size", choices=("small", "tiny"), default="small", help="see above (default small)")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=512)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of the fast methods; the best counts")
+    parser.add_argument("--skip-recompute", action="store_true", help="skip the slow full-recomputation baseline")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    presets = args.presets.split(",") if args.presets else [p.name for p in list_presets() if p.name.endswith("-tiny")]
+    batches = [int(b) for b in args.batches.split(",")]
+    report = {
+        "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+        "setup": {"size": args.size, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                  "decoding": "greedy, fp32", "rounds": args.rounds,
+                  "targets": {"speedup_vs_recompute": 10.0, "speedup_vs_hf_generate": 1.5}},
+        "presets": {},
+    }
+    for name in presets:
+        report["presets"][name] = bench_preset(name, args.size, batches, args.prompt_tokens, args.new_tokens,
+                                               args.rounds, args.skip_recompute)
+        print(json.dumps({name: report["presets"][name]}), file=sys.stderr, flush=True)  # progress
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""`lmlab eval --checkpoint RUN --tasks ...`: perplexity and benchmark tasks (lm-evaluation-harness) for a model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from lmlab.inference import DTYPE_CHOICES
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a saved model: perplexity, multiple-choice and cloze benchmarks",
+        description="Evaluate a model directory or training run. Tasks (comma-separated): lm-eval task names "
+                    "(arc_easy, arc_challenge, hellaswag, mmlu, mmlu_<subject>, piqa, winogrande, lambada_openai), "
+                    "task YAML files, or perplexity:PATH for any text file. Prints a table and writes JSON to "
+                    "<model dir>/eval/results-<time>.json.")
+    parser.add_argument("--checkpoint", required=True, help="model directory or training run directory")
+    parser.add_argument("--tasks", required=True, help="comma-separated task specs (see above)")
+    parser.add_argument("--num-fewshot", type=int, help="exemplars per prompt (default: 0, or the task's own)")
+    parser.add_argument("--limit", type=float,
+                        help="rows per task (a fraction if < 1); for quick checks only, not comparable numbers")
+    parser.add_argument("--source", choices=("local", "hub"), default="local",
+                        help="local: lmlab's task files and local data, offline (default); hub: lm-eval's tasks of "
+                             "the same names with the full splits from the Hugging Face hub")
+    parser.add_argument("--data-dir", help="folder of the local eval data (default: $LMLAB_EVAL_DATA, else "
+                                           "../shared/data/eval beside the repository)")
+    parser.add_argument("--include", action="append", default=[], metavar="PATH",
+                        help="a task YAML file or a folder of them to add; repeatable")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    parser.add_argument("--max-length", type=int,
+                        help="context length (default: the model's max_position_embeddings, else 2048)")
+    parser.add_argument("--stride", type=int, help="perplexity window stride (default: half the context length)")
+    parser.add_argument("--bootstrap-iters", type=int, default=1000,
+                        help="bootstrap resamples for the standard errors of non-mean metrics (0 = none)")
+    parser.add_argument("--log-samples", action="store_true",
+                        help="keep every request and the model's response in the JSON report")
+    parser.add_argument("--output", help="JSON report path (default: inside the model directory)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    parser.add_argument("--verbose", action="store_true", help="show lm-eval's log")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmlab.eval.run import evaluate, format_report, parse_task_specs, report_path, save_report
+    from lmlab.inference import load_model, quiet_progress_bars
+    from lmlab.run_layout import resolve_model_dir
+
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be > 0, got {args.limit}")
+    tasks = args.tasks.split(",")
+    parse_task_specs(tasks)  # bad specs fail before the model loads
+    output = report_path(resolve_model_dir(args.checkpoint), args.output)
+    if not args.verbose:
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        quiet_progress_bars()
+    model, tokenizer, model_dir = load_model(args.checkpoint, args.device, args.dtype)
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    report = evaluate(model, tokenizer, tasks, num_fewshot=args.num_fewshot, limit=limit, source=args.source,
+                      data_dir=args.data_dir, include=args.include, batch_size=args.batch_size,
+                      max_length=args.max_length, stride=args.stride, bootstrap_iters=args.bootstrap_iters,
+                      log_samples=args.log_samples)
+    report["model_dir"] = str(model_dir)
+    print(format_report(report))
+    save_report(report, output)
+    print(f"results written to {output}")
+    return 0
