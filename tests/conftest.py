@@ -11,6 +11,10 @@ import torch
 import lmlab
 from lmlab import LMLabForCausalLM, preset_config
 
+# Tiny test models gain nothing from intra-op threads, and on a busy 2-core machine every small op then waits for a
+# descheduled OpenMP thread (milliseconds each): one thread per test process (xdist runs two) is many times faster.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 # LMLAB_SHARED_DATA points elsewhere (e.g. from a git worktree, whose parent holds no shared/ folder)
 SHARED_DATA = Path(os.environ.get("LMLAB_SHARED_DATA") or REPO.parent / "shared" / "data")

@@ -60,6 +60,33 @@ class KVCache:
         return self.keys[:, :, :self.length], self.values[:, :, :self.length]
 
 
+@dataclasses.dataclass
+class SlidingKVCache(KVCache):
+    """A KVCache for a layer whose queries see only the `window` keys to their left (and themselves).
+
+    `append` returns the last window + new rows — every key the new queries can see — so attention never scans
+    older keys. Rows no future query can see are dropped (the last `window` rows move to the front) whenever the
+    buffer is full, instead of growing it: memory stays at most about 2·(window + chunk) rows however long the
+    sequence.
+    """
+
+    window: int = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new = k.shape[2]
+        if self.keys is not None and self.length + new > self.keys.shape[2] and self.length > self.window:
+            self._drop_invisible_rows()
+        keys, values = super().append(k, v)
+        visible = min(self.length, self.window + new)
+        return keys[:, :, -visible:], values[:, :, -visible:]
+
+    def _drop_invisible_rows(self) -> None:
+        start = self.length - self.window
+        self.keys[:, :, :self.window] = self.keys[:, :, start:self.length].clone()
+        self.values[:, :, :self.window] = self.values[:, :, start:self.length].clone()
+        self.length = self.window
+
+
 def _grow(buffer: torch.Tensor | None, used: int, like: torch.Tensor, capacity: int) -> torch.Tensor:
     shape = list(like.shape)
     shape[2] = capacity
@@ -122,4 +149,4 @@ class LMLabCache(Cache):
         self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
 
-__all__ = ["KVCache", "LMLabCache", "map_batch"]
+__all__ = ["KVCache", "LMLabCache", "SlidingKVCache", "map_batch"]

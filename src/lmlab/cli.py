@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-VERBS = ("info", "convert", "generate", "eval")
+VERBS = ("info", "convert", "train", "finetune", "export", "compare", "generate", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = ["lmlab", *(sys.argv[1:] if argv is None else argv)]  # as typed, for verbs that record it
     try:
         return args.run(args) or 0
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields, replace
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from lmlab.layer_pattern import VALUE_EMBED_RULES, WINDOW_CHARACTERS, has_value_embed, pattern_window
+
 
 class ConfigError(ValueError):
     """A config that cannot describe a working model; the message names the field and the fix."""
@@ -99,8 +101,45 @@ class LMLabConfig(PreTrainedConfig):
     attention_dropout: float = 0.0
     residual_dropout: float = 0.0
 
+    # nanochat-GPT features (yatgpt); every one is off by default
+    rope_sign: int = 1  # +1: x·cos φ + rotate_half(x)·sin φ; −1: rotation by −φ (nanochat / flaxchat)
+    qk_norm: str | None = None  # a norm name applied per head to q and k after RoPE (e.g. "rmsnorm_parameterless")
+    qk_norm_scale: float = 1.0  # q, k = scale · norm(q), scale · norm(k)
+    window_pattern: str | None = None  # e.g. "SSSL", tiled over layers, last layer L (see lmlab.layer_pattern)
+    window_long: int | None = None  # the L window (keys visible to the left of a query)
+    window_short: int | None = None  # the S window; None = ⌈⌈window_long/4⌉/128⌉·128
+    value_embed_layers: str | None = None  # "alternate" (every other layer, ending with the last) or "all"
+    value_embed_gate_channels: int = 12  # v += gate_scale·σ(W·u[:channels]) ⊙ VE[ids], one gate per kv head
+    value_embed_gate_scale: float = 3.0
+    embedding_norm: bool = False  # the model's norm right after the token embedding
+    smear: bool = False  # x_t = e_t + λ·σ(w·e_t[:channels])·e_{t−1} (lmlab.nn.embedding_stage)
+    smear_gate_channels: int = 24
+    residual_lambdas: bool = False  # x = r_i·x + c_i·x0 before block i (lmlab.nn.residual_stream)
+    backout: bool = False  # x = x − λ·(output of block n//2) after the last block
+    yatnmn_epsilon: float = 1e-3  # YatNMN ε: fixed (yatnmn) or the initial softplus(ε_raw) (yatnmn_softplus)
+    yatnmn_scalar_bias: bool = False  # one shared YatNMN bias instead of one per neuron
+    yatnmn_constant_alpha: float | None = None  # a fixed YatNMN α; None = learnable α (init 1)
+
     # init
     initializer_range: float = 0.02
+
+    # parallel-block family (NYX): feed-forward dropout (SwiGLU hidden), XPOS decay, a target the loss never scores
+    mlp_dropout: float = 0.0
+    xpos_scale_base: float = 512.0
+    loss_ignore_token_id: int | None = None
+
+    # NeoLLM features, usable by any preset: LayerNorm Scaling and GPAS (nn/residual_scaling.py), FAN (nn/fan.py;
+    # layers with fan=True), Gated DeltaNet sizes (nn/gated_deltanet.py), the loss (nn/loss.py)
+    layernorm_scaling: bool = False  # scale each pre-norm output of 1-based layer l by 1/sqrt(l)
+    gpas: str | None = None  # GPAS after each residual add: None, "layer" (one alpha per layer) or "sublayer"
+    fan_ratio: float = 0.125  # periodic share of a FAN layer's output
+    linear_num_key_heads: int = 8
+    linear_key_head_dim: int = 32
+    linear_num_value_heads: int = 16
+    linear_value_head_dim: int = 32
+    linear_conv_kernel_dim: int = 4
+    linear_chunk_size: int = 64  # chunk length of the chunked delta rule (speed only: every length gives one result)
+    loss: str = "full"  # "full" (logits, then cross-entropy) or "chunked" (from hidden states; never all logits)
 
     # tokens
     bos_token_id: int | None = None
@@ -148,8 +187,16 @@ class LMLabConfig(PreTrainedConfig):
             raise ConfigError(
                 f"attention_scale must be 'head_dim', 'hidden_size' or a number, got {self.attention_scale!r}"
             )
+        from lmlab.nn.loss import LOSS_KINDS
+        from lmlab.nn.residual_scaling import GPAS_MODES
+
+        if self.loss not in LOSS_KINDS:
+            raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
+        if self.gpas is not None and self.gpas not in GPAS_MODES:
+            raise ConfigError(f"gpas must be None or one of {GPAS_MODES}, got {self.gpas!r}")
         POSITIONS.check(self.position)
         INIT_SCHEMES.check(self.init)
+        self._check_nanochat_features()
         if self.layers is not None and len(self.layers) != self.num_hidden_layers:
             raise ConfigError(
                 f"layers has {len(self.layers)} entries but num_hidden_layers is {self.num_hidden_layers}; "
@@ -162,10 +209,43 @@ class LMLabConfig(PreTrainedConfig):
             NORMS.check(spec.norm)
             BLOCKS.check(spec.block)
 
+    def _check_nanochat_features(self) -> None:
+        from lmlab.registry import NORMS
+
+        if self.rope_sign not in (1, -1):
+            raise ConfigError(f"rope_sign must be 1 or -1, got {self.rope_sign}")
+        if self.qk_norm is not None:
+            NORMS.check(self.qk_norm)
+        if self.window_pattern is not None:
+            bad = set(self.window_pattern) - set(WINDOW_CHARACTERS)
+            if not self.window_pattern or bad:
+                raise ConfigError(f"window_pattern {self.window_pattern!r} must be a non-empty string of "
+                                  f"{' and '.join(WINDOW_CHARACTERS)} (S = short window, L = long window)")
+            if self.window_long is None or self.window_long < 1:
+                raise ConfigError("window_pattern needs window_long (the L window in keys, usually the training "
+                                  "sequence length)")
+            if self.window_short is not None and self.window_short < 1:
+                raise ConfigError(f"window_short must be at least 1, got {self.window_short}")
+        if self.value_embed_layers is not None and self.value_embed_layers not in VALUE_EMBED_RULES:
+            raise ConfigError(f"value_embed_layers must be one of {VALUE_EMBED_RULES} or None, got "
+                              f"{self.value_embed_layers!r}")
+        for name, channels in (("value_embed_gate_channels", self.value_embed_gate_channels),
+                               ("smear_gate_channels", self.smear_gate_channels)):
+            if not 1 <= channels <= self.hidden_size:
+                raise ConfigError(f"{name} ({channels}) must be between 1 and hidden_size ({self.hidden_size})")
+        if self.yatnmn_epsilon <= 0:
+            raise ConfigError(f"yatnmn_epsilon must be positive, got {self.yatnmn_epsilon}")
+
     # ------------------------------------------------------------------ derived values
     def layer_spec(self, layer_idx: int) -> LayerSpec:
         """The resolved component choice of layer `layer_idx` (0-based)."""
         spec = LayerSpec(mixer=self.mixer, mlp=self.mlp, norm=self.norm, block=self.block)
+        n = self.num_hidden_layers
+        if self.window_pattern is not None:
+            spec = replace(spec, window=pattern_window(self.window_pattern, layer_idx, n, self.window_long,
+                                                       self.window_short))
+        if self.value_embed_layers is not None:
+            spec = replace(spec, value_embed=has_value_embed(self.value_embed_layers, layer_idx, n))
         if self.layers is None:
             return spec
         overrides = self.layers[layer_idx] or {}

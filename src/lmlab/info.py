@@ -41,6 +41,60 @@ def parameter_counts(model: LMLabForCausalLM) -> ParameterCounts:
     return ParameterCounts(total=total, embedding=embedding, head=head, non_embedding=total - embedding - head)
 
 
+def parameter_breakdown(model: LMLabForCausalLM) -> list[dict]:
+    """Parameters grouped by component kind, each parameter counted once, in model order.
+
+    Kinds: "embedding" (every nn.Embedding), "head" (an untied output projection), "mixer <name>" and "mlp <name>" per
+    registry name, "norm" (every block or model child whose attribute name ends in "norm": pre/post norms and the
+    final norm; norms inside a mixer count with the mixer), any other block or model part by its attribute name
+    ("fan", "gpas", ...), and "other" for parameters held directly by a block or the model. Each entry:
+    {"component", "modules", "parameters", "each"}, where "each" is the per-module size when all modules agree.
+    """
+    seen: set[int] = set()
+    groups: dict[str, dict] = {}
+
+    def add(kind: str, parameters) -> None:
+        fresh = [p for p in parameters if id(p) not in seen]
+        seen.update(id(p) for p in fresh)
+        size = sum(p.numel() for p in fresh)
+        if size:
+            group = groups.setdefault(kind, {"component": kind, "modules": 0, "parameters": 0, "sizes": set()})
+            group["modules"] += 1
+            group["parameters"] += size
+            group["sizes"].add(size)
+
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            add("embedding", module.parameters())
+    add("head", model.lm_head.parameters())
+    for i, block in enumerate(model.model.layers):
+        spec = model.config.layer_spec(i)
+        for name, child in block.named_children():
+            add(_component_kind(name, spec), child.parameters())
+    for name, child in model.model.named_children():
+        if name != "layers":
+            add(_component_kind(name, None), child.parameters())
+    add("other", model.parameters())
+    rows = []
+    for group in groups.values():
+        sizes = group.pop("sizes")
+        rows.append({**group, "each": sizes.pop() if len(sizes) == 1 else None})
+    return sorted(rows, key=lambda row: _KIND_ORDER.get(row["component"].split()[0], len(_KIND_ORDER)))
+
+
+_KIND_ORDER = {"embedding": 0, "head": 1, "mixer": 2, "fan": 3, "mlp": 4, "norm": 5}
+
+
+def _component_kind(attribute: str, spec) -> str:
+    if attribute == "mixer" and spec is not None:
+        return f"mixer {spec.mixer}"
+    if attribute == "mlp" and spec is not None:
+        return f"mlp {spec.mlp}"
+    if attribute.endswith("norm"):
+        return "norm"
+    return attribute
+
+
 def forward_flops_per_token(config: LMLabConfig, seq_len: int) -> float:
     """Forward FLOPs per token of one sequence of `seq_len` tokens, counted by torch's FlopCounterMode on the meta
     device (no memory, no compute). Counts matmul-class ops (linear, bmm, attention) as 2 FLOPs per multiply-add;
@@ -61,6 +115,7 @@ def describe(config: LMLabConfig, seq_len: int) -> dict:
     return {
         "preset": config.preset,
         "parameters": counts.as_dict(),
+        "components": parameter_breakdown(model),
         "seq_len": seq_len,
         "forward_flops_per_token": forward_flops_per_token(config, seq_len),
         "layers": [vars(config.layer_spec(i)) for i in range(config.num_hidden_layers)],

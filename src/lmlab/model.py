@@ -1,9 +1,10 @@
 """The decoder assembled from a config, and its causal-LM wrapper (Hugging Face `PreTrainedModel`).
 
-    x = dropout(embed(input_ids))
-    for each layer i: x = block_i(x)           # block wiring, mixer, MLP and norms named by config.layer_spec(i)
-    h = final_norm(x)                          # unless config.final_norm is False (N4)
-    logits = softcap(lm_head(h)) in fp32        # lm_head tied to embed when config.tie_word_embeddings
+    x = dropout(embedding_stage(embed(input_ids)))   # identity unless the config adds a norm or smear
+    x = residual_stream(x, blocks)   # x = block_i(x) for each layer i, plus optional model-level scalars;
+                                     # block wiring, mixer, MLP and norms named by config.layer_spec(i)
+    h = final_norm(x)                # unless config.final_norm is False (N4)
+    logits = softcap(lm_head(h)) in fp32   # lm_head tied to embed when config.tie_word_embeddings
 
 The model knows nothing of any one architecture: every choice is a registry name in the config.
 """
@@ -20,9 +21,11 @@ from lmlab.cache import LMLabCache
 from lmlab.config import LMLabConfig
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
+from lmlab.nn.embedding_stage import EmbeddingStage
 from lmlab.nn.init import embedding, initialise, linear
-from lmlab.nn.loss import shifted_cross_entropy
+from lmlab.nn.loss import mask_ignored_targets, shifted_cross_entropy, shifted_linear_cross_entropy
 from lmlab.nn.norms import build_norm
+from lmlab.nn.residual_stream import ResidualStream
 from lmlab.registry import BLOCKS, POSITIONS
 
 logger = logging.get_logger(__name__)
@@ -32,7 +35,7 @@ class LMLabPreTrainedModel(PreTrainedModel):
     config_class = LMLabConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["PreNormBlock", "SandwichBlock"]
+    _no_split_modules = ["PreNormBlock", "SandwichBlock", "ParallelBlock"]
     _supports_sdpa = True
     _supports_flash_attn = True
 
@@ -80,10 +83,12 @@ class LMLabModel(LMLabPreTrainedModel):
     def __init__(self, config: LMLabConfig):
         super().__init__(config)
         self.embed_tokens = embedding(config.vocab_size, config.hidden_size)
+        self.embedding_stage = EmbeddingStage(config)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.position = POSITIONS[config.position](config)
         self.layers = nn.ModuleList(
             BLOCKS[config.layer_spec(i).block](config, i) for i in range(config.num_hidden_layers))
+        self.residual_stream = ResidualStream(config)
         self.norm = build_norm(config, config.hidden_size) if config.final_norm else None
         self.post_init()
 
@@ -137,9 +142,8 @@ class LMLabModel(LMLabPreTrainedModel):
         ctx = ForwardContext(position_ids=position_ids, rotation=self.position(position_ids),
                              key_padding_mask=key_padding, cache=cache, past_length=past_length,
                              input_ids=input_ids)
-        x = self.embedding_dropout(inputs_embeds)
-        for block in self.layers:
-            x = block(x, ctx=ctx)
+        x = self.embedding_dropout(self.embedding_stage(inputs_embeds, ctx))
+        x = self.residual_stream(x, self.layers, ctx)
         if self.norm is not None:
             x = self.norm(x)
         if cache is not None:
@@ -174,25 +178,42 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
                 position_ids: torch.LongTensor | None = None, past_key_values: LMLabCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
-        """`labels` are the input ids with padding set to −100; the model shifts them. `logits_to_keep = k`
-        computes logits for the last k positions only (0 = all)."""
+        """`labels` are the input ids with padding set to −100; the model shifts them (targets equal to
+        `config.loss_ignore_token_id` are not scored either). `logits_to_keep = k` computes logits for the last k
+        positions only (0 = all).
+
+        With `config.loss = "chunked"` and labels, the loss comes from the hidden states without materialising the
+        logits, and `logits` is None unless `logits_to_keep = k` asks for the last k positions'."""
         if labels is not None and use_cache is None:
             use_cache = False
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
         hidden = outputs.last_hidden_state
+        if labels is not None:
+            labels = mask_ignored_targets(labels, self.config.loss_ignore_token_id)
+        if labels is not None and self.config.loss == "chunked":
+            loss = shifted_linear_cross_entropy(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
+                                                softcap=self.config.logit_softcap)
+            logits = self.compute_logits(hidden[:, -logits_to_keep:]) if logits_to_keep else None
+            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
+        logits = self.compute_logits(hidden)
+        loss = None
+        if labels is not None:
+            if logits_to_keep:
+                raise ValueError("labels need logits for every position; do not combine them with logits_to_keep "
+                                 "(or use loss='chunked', which needs no logits for the loss)")
+            loss = shifted_cross_entropy(logits, labels)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of hidden states (B, T, d), soft-capped when the config asks."""
         logits = self.lm_head(hidden).float()
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
-        loss = None
-        if labels is not None:
-            if logits_to_keep:
-                raise ValueError("labels need logits for every position; do not combine them with logits_to_keep")
-            loss = shifted_cross_entropy(logits, labels)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return logits
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,6 +8,10 @@ A *run directory* is what `lmlab train --out RUN` writes:
 
     RUN/checkpoints/step-00000100/   a model directory plus the trainer's own files (optimizer, RNG, data position)
     RUN/checkpoints/LATEST           the name of the newest complete checkpoint (replaced atomically)
+    RUN/base/                        `lmlab finetune` only: the model the run started from (a model directory)
+
+A LoRA fine-tune's checkpoints are adapter checkpoints (lmlab.lora): config.json and weights linked to RUN/base/,
+with the adapters beside them; `from_pretrained` loads base + adapters, `lmlab export --merge-lora` merges them.
 
 Every command that reads a model (`generate`, `eval`, `finetune`, `export`, `info --model`) accepts either.
 """
@@ -18,6 +22,7 @@ from pathlib import Path
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
+BASE_DIR = "base"
 MODEL_CONFIG = "config.json"
 
 

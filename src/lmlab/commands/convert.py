@@ -18,13 +18,30 @@ def register(subparsers) -> None:
     parser.add_argument("out_dir", help="output model directory")
     parser.add_argument("--heads", type=int, default=8, help="ngen4 only: attention heads (default 8)")
     parser.add_argument("--max-positions", type=int, default=512, help="ngen4 only: position limit (default 512)")
+    parser.add_argument("--mlp", choices=("gelu", "relu2"),
+                        help="yatgpt only: the MLP of a checkpoint with a Linear c_fc (its tensors cannot tell GELU "
+                             "from ReLU²); YatNMN checkpoints need nothing")
+    parser.add_argument("--seq-len", type=int,
+                        help="yatgpt only: training length, which sets the sliding windows (default: read off the "
+                             "rope buffers when stored, else 1024)")
+    parser.add_argument("--xpos-scale-base", type=float, default=512.0,
+                        help="nyx only: XPOS scale base, not stored in checkpoints (default 512, NYX's)")
     parser.set_defaults(run=run)
+
+
+def _family_options(args: argparse.Namespace) -> dict:
+    if args.family == "ngen4":
+        return {"num_heads": args.heads, "max_position_embeddings": args.max_positions}
+    if args.family == "yatgpt":
+        return {"mlp": args.mlp, "sequence_len": args.seq_len}
+    if args.family == "nyx":
+        return {"xpos_scale_base": args.xpos_scale_base}
+    return {}
 
 
 def run(args: argparse.Namespace) -> int:
     state = read_state_dict(args.src)
-    extra = {"num_heads": args.heads, "max_position_embeddings": args.max_positions} if args.family == "ngen4" else {}
-    model = CONVERTERS[args.family](state, **extra)
+    model = CONVERTERS[args.family](state, **_family_options(args))
     model.save_pretrained(args.out_dir)
     print(f"converted {len(state)} tensors from {args.src} into {args.out_dir} "
           f"({sum(p.numel() for p in model.parameters()):,} parameters)")

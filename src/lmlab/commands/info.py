@@ -8,9 +8,11 @@ from collections import Counter
 
 import torch
 
+from lmlab.commands.options import add_override_arguments, model_overrides
 from lmlab.config import LMLabConfig
 from lmlab.info import describe, parameter_counts
 from lmlab.model import LMLabForCausalLM
+from lmlab.overrides import apply_overrides
 from lmlab.presets import get_preset, list_presets, preset_config
 from lmlab.run_layout import resolve_model_dir
 
@@ -25,6 +27,7 @@ def register(subparsers) -> None:
     source.add_argument("--model", help="a saved lmlab model directory or training run")
     parser.add_argument("--seq-len", type=int, help="sequence length for FLOPs (default: the preset's training "
                                                    "length, else 512)")
+    add_override_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -42,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = LMLabConfig.from_pretrained(resolve_model_dir(args.model))
         seq_len = args.seq_len or config.max_position_embeddings or 512
+    overrides = model_overrides(args)
+    if overrides:
+        config = apply_overrides(config, overrides)
     facts = describe(config, seq_len)
     if args.json:
         print(json.dumps(facts, indent=2))
@@ -55,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  non-embedding:              {_millions(counts['non_embedding'])}")
     print(f"  forward FLOPs per token:    {facts['forward_flops_per_token'] / 1e6:,.1f} MFLOP at sequence length "
           f"{seq_len}")
+    print("  parameters by component:")
+    width = max(len(row["component"]) for row in facts["components"])
+    for row in facts["components"]:
+        each = f"x {row['each']:>11,}" if row["each"] is not None else "modules      "
+        print(f"    {row['component']:<{width}}  {row['modules']:>3} {each} = {row['parameters']:>12,}")
     kinds = Counter((layer["block"], layer["mixer"], layer["mlp"], layer["norm"]) for layer in facts["layers"])
     for (block, mixer, mlp, norm), count in kinds.items():
         print(f"  {count} x layer: block={block} mixer={mixer} mlp={mlp} norm={norm}")

@@ -25,6 +25,7 @@ class CheckpointMismatchError(ValueError):
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict from .safetensors, or from .bin / .pt / .pth via torch.load(weights_only=True).
 
+    A training checkpoint `{"model_state_dict": ..., "optimizer_state_dict": ..., ...}` gives its model state.
     DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes are stripped explicitly.
     """
     path = Path(path)
@@ -36,6 +37,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("model_state_dict"), dict):
+            state = state["model_state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointMismatchError(f"{path} does not hold a flat state_dict of tensors")
     return {_strip_wrappers(key): value for key, value in state.items()}
@@ -85,4 +88,4 @@ def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     model.load_state_dict(state, strict=not tied)
 
 
-from lmlab.convert import n4, ngen4  # noqa: E402,F401  (registers the converters)
+from lmlab.convert import n4, ngen4, nyx, yatgpt  # noqa: E402,F401  (registers the converters)

@@ -1,3 +1,16 @@
 """The component bin. Importing this package registers every component with its registry."""
 
-from lmlab.nn import attention, blocks, init, mlp, norms, position, selective_copy  # noqa: F401
+from lmlab.nn import (  # noqa: F401
+    attention,
+    blocks,
+    gated_attention,
+    gated_deltanet,
+    init,
+    mlp,
+    norms,
+    polynorm,
+    position,
+    selective_copy,
+    xpos,
+    yatnmn,
+)

@@ -3,6 +3,10 @@
 softmax(q·kᵀ·scale + mask)·v, where key j is visible to query i iff j ≤ i (absolute indices), i − j ≤ window when
 the layer has a window, and key j is not padding. Grouped heads: kv head g serves query heads g·r .. g·r + r − 1
 (r = H_q / H_kv; MQA is H_kv = 1). The softmax is always fp32.
+
+Sliding windows never build the whole T×S mask when the window is active: queries run in blocks of
+`query_block` rows, each against only the keys its rows can see (at most block + window of them), so memory and
+work grow as T·(block + window) instead of T².
 """
 
 from __future__ import annotations
@@ -10,13 +14,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmlab.cache import KVCache
+from lmlab.cache import KVCache, SlidingKVCache
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.init import linear
+from lmlab.nn.norms import build_norm
+from lmlab.nn.value_embedding import ValueEmbedding
 from lmlab.registry import MIXERS
 
 BACKENDS = ("eager", "sdpa", "flash_attention_2")
+WINDOW_QUERY_BLOCK = 128  # queries per block of windowed attention (see the module docstring)
 
 
 def visibility_mask(t: int, s: int, q_start: int, k_start: int, key_padding: torch.Tensor | None,
@@ -76,14 +83,29 @@ def _flash(q, k, v, scale, window, dropout_p):
     return out.transpose(1, 2)
 
 
+def _windowed_in_blocks(run, q, k, v, scale, q_start, k_start, key_padding, window, dropout_p, block):
+    """Sliding-window attention, `block` queries at a time, each block against the keys it can see only."""
+    t, s = q.shape[2], k.shape[2]
+    outputs = []
+    for first in range(0, t, block):
+        last = min(first + block, t)  # queries first .. last − 1 (relative)
+        lo = max(0, q_start + first - window - k_start)  # first key (relative) the block's first query sees
+        hi = min(s, q_start + last - k_start)  # one past the last key the block's last query sees
+        mask = visibility_mask(last - first, hi - lo, q_start + first, k_start + lo, key_padding, window, q.device)
+        outputs.append(run(q[:, :, first:last], k[:, :, lo:hi], v[:, :, lo:hi], scale, mask, False, dropout_p))
+    return torch.cat(outputs, dim=2)
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, q_start: int,
                      k_start: int = 0, key_padding: torch.Tensor | None = None, window: int | None = None,
-                     dropout_p: float = 0.0, backend: str = "sdpa") -> torch.Tensor:
+                     dropout_p: float = 0.0, backend: str = "sdpa",
+                     query_block: int = WINDOW_QUERY_BLOCK) -> torch.Tensor:
     """Causal attention of q (B, H_q, T, d) over k, v (B, H_kv, S, d); returns (B, H_q, T, d_v).
 
     q_start and k_start are the absolute sequence indices of the first query and the first key (keys start after 0
     when a cache keeps only a window). The fast paths (SDPA's is_causal, no mask for a query that sees every key)
-    are taken only when they mean exactly the same mask.
+    are taken only when they mean exactly the same mask; an active window with more than `query_block` queries runs
+    block by block.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attn_implementation {backend!r}; choose one of {BACKENDS}")
@@ -95,12 +117,15 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
     t, s = q.shape[2], k.shape[2]
     keys_end_with_queries = k_start + s == q_start + t
     window_inactive = window is None or window >= q_start + t - 1 - k_start
+    run = _eager if backend == "eager" else _sdpa
+    if not window_inactive and t > query_block:
+        return _windowed_in_blocks(run, q, k, v, scale, q_start, k_start, key_padding, window, dropout_p,
+                                   query_block)
     mask, is_causal = None, False
     if key_padding is None and window_inactive and keys_end_with_queries and (t == 1 or (t == s and k_start == 0)):
         is_causal = t > 1  # one query at the end sees every key: no mask at all
     else:
         mask = visibility_mask(t, s, q_start, k_start, key_padding, window, q.device)
-    run = _eager if backend == "eager" else _sdpa
     return run(q, k, v, scale, mask, is_causal, dropout_p)
 
 
@@ -111,7 +136,14 @@ def attention_backend(config) -> str:
 
 class SoftmaxAttention(Component):
     """Multi-head causal attention with grouped KV heads (MHA, GQA, MQA), separate q / k / v projections (so
-    adapters such as LoRA can target each), optional rotary encoding and sliding window."""
+    adapters such as LoRA can target each), optional rotary encoding and sliding window.
+
+    Options (config): `qk_norm` normalises q and k per head after the rotation, times `qk_norm_scale` (nanochat:
+    parameterless RMSNorm and 1.2, so |q·k|/sqrt(d_h) ≤ 1.44·sqrt(d_h)); a layer whose spec has `value_embed` adds
+    value embeddings (lmlab.nn.value_embedding) to v. A windowed layer caches only the keys its window can reach.
+    """
+
+    query_parts = 1  # query rows per head in q_proj, in head_dim units (a subclass may pack more, e.g. a gate)
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -121,22 +153,47 @@ class SoftmaxAttention(Component):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.scale = config.attention_softmax_scale
-        self.window = config.layer_spec(layer_idx).window
+        spec = config.layer_spec(layer_idx)
+        self.window = spec.window
         d = config.hidden_size
-        self.q_proj = linear(d, self.num_heads * self.head_dim, config.attention_bias, "attn_in")
+        self.q_proj = linear(d, self.query_parts * self.num_heads * self.head_dim, config.attention_bias, "attn_in")
         self.k_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
         self.v_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
         self.out_proj = linear(self.num_heads * self.head_dim, d, config.attention_bias, "attn_out")
+        self.value_embed = ValueEmbedding(config) if spec.value_embed else None
+        self.q_norm = self.k_norm = None
+        if config.qk_norm is not None:
+            self.q_norm = build_norm(config, self.head_dim, config.qk_norm)
+            self.k_norm = build_norm(config, self.head_dim, config.qk_norm)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def project(self, x: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, T, d_h) and k, v (B, H_kv, T, d_h) of the block input x, after value embeddings, rotation and
+        QK-norm: what the attention kernel consumes."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.value_embed is not None:
+            v = self.value_embed(v, x, ctx.input_ids)
         if ctx.rotation is not None:
             q, k = ctx.rotation.queries(q), ctx.rotation.keys(k)
+        if self.q_norm is not None:
+            q = self.q_norm(q) * self.config.qk_norm_scale
+            k = self.k_norm(k) * self.config.qk_norm_scale
+        return q, k, v
+
+    def new_cache(self) -> KVCache:
+        return KVCache() if self.window is None else SlidingKVCache(window=self.window)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        q, k, v = self.project(x, ctx)
+        return self.out_proj(self.attend(q, k, v, ctx))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Cache and attend: q (B, H, T, d_h), k, v (B, H_kv, T, d_h) -> heads concatenated (B, T, H·d_h)."""
+        b, _, t, _ = q.shape
         if ctx.cache is not None:
-            state = ctx.layer_state(self.layer_idx) or KVCache()
+            state = ctx.layer_state(self.layer_idx) or self.new_cache()
             k, v = state.append(k, v)
             ctx.set_layer_state(self.layer_idx, state)
         o = causal_attention(q, k, v, scale=self.scale, q_start=ctx.past_length,
@@ -144,7 +201,7 @@ class SoftmaxAttention(Component):
                              key_padding=ctx.key_padding_mask, window=self.window,
                              dropout_p=self.config.attention_dropout if self.training else 0.0,
                              backend=attention_backend(self.config))
-        return self.out_proj(o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+        return o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
 
 
 MIXERS.register("attention")(SoftmaxAttention)

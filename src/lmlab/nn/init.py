@@ -9,6 +9,7 @@ which tag each with a role, and the model initialises every tagged module with t
 | head | untied output projection |
 | attn_in / attn_out | mixer input projections (q, k, v, gates) / mixer output projection |
 | mlp_in / mlp_out | MLP input projections / MLP output projection |
+| value_embed | per-layer value-embedding tables (nanochat) |
 
 Parameters whose init is part of a component's math (norm gains, gates, scalars) are set by the component's own
 `reset_parameters()`. All functions come from `transformers.initialization`, which skips tensors already loaded
@@ -24,7 +25,7 @@ from transformers import initialization as init
 
 from lmlab.registry import INIT_SCHEMES
 
-ROLES = ("embed", "head", "attn_in", "attn_out", "mlp_in", "mlp_out")
+ROLES = ("embed", "head", "attn_in", "attn_out", "mlp_in", "mlp_out", "value_embed")
 
 
 def _check_role(role: str) -> str:
@@ -94,5 +95,35 @@ def n4_scheme(module: nn.Module, role: str, config) -> None:
         if module.bias is not None:
             bound = 1.0 / math.sqrt(module.in_features)
             init.uniform_(module.bias, -bound, bound)
+        return
+    torch_default(module)
+
+
+@INIT_SCHEMES.register("flaxchat")
+def flaxchat_scheme(module: nn.Module, role: str, config) -> None:
+    """flaxchat's `GPT._init_weights` (the nanochat GPT the yatgpt models were trained with), s = sqrt(3/d):
+    embed N(0, 0.8); head (untied) N(0, 0.001); attn_in and value_embed U(±s); mlp_in U(±0.4·s); attn_out and
+    mlp_out 0 (every residual branch starts at zero); biases 0."""
+    s = math.sqrt(3.0 / config.hidden_size)
+    if role == "embed":
+        init.normal_(module.weight, 0.0, 0.8)
+    elif role == "head":
+        init.normal_(module.weight, 0.0, 0.001)
+    elif role in ("attn_out", "mlp_out"):
+        init.zeros_(module.weight)
+    elif role == "mlp_in":
+        init.uniform_(module.weight, -0.4 * s, 0.4 * s)
+    else:
+        init.uniform_(module.weight, -s, s)
+    zero_bias(module)
+
+
+@INIT_SCHEMES.register("nyx")
+def nyx_scheme(module: nn.Module, role: str, config) -> None:
+    """NYX / PaLM-rlhf: token embedding (and a head, tied or not) N(0, initializer_range); every other projection
+    PyTorch's default U(±1/sqrt(fan_in))."""
+    if role in ("embed", "head"):
+        init.normal_(module.weight, 0.0, config.initializer_range)
+        zero_bias(module)
         return
     torch_default(module)

@@ -6,6 +6,8 @@
 | gelu_new | down(GELU_tanh(up x)), GELU_tanh(x) = 0.5x(1 + tanh(sqrt(2/π)(x + 0.044715x³))) (GPT-2's "gelu_new") |
 | relu2 | down(relu(up x)²) (nanochat) |
 | asgg | down(GELU_erf(r) ⊙ σ(g) ⊙ v), [g | r | v] = up x with up: d -> 3I, chunk order (gate, ref, x) (N4) |
+| yatnmn, yatnmn_softplus | down(YatNMN(x)) (yatgpt; lmlab.nn.yatnmn) |
+| swiglu | down(dropout(a ⊙ SiLU(g))), [a | g] = up x with up: d -> 2I, value half first, gate second (NYX / PaLM) |
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lmlab.nn.component import Component
 from lmlab.nn.init import linear
@@ -21,16 +24,19 @@ from lmlab.registry import MLPS
 
 
 class TwoLayerMLP(Component):
-    """down(act(up x)) with `up`: d -> I."""
+    """down(act(up x)) with `up`: d -> I, a Linear unless another d -> I layer is given (YatNMN, whose ratio is the
+    nonlinearity: then `activation` is None)."""
 
-    def __init__(self, config, activation):
+    def __init__(self, config, activation, up_proj: nn.Module | None = None):
         super().__init__()
         self.activation = activation
-        self.up_proj = linear(config.hidden_size, config.intermediate_size, config.mlp_bias, "mlp_in")
+        self.up_proj = up_proj if up_proj is not None else linear(config.hidden_size, config.intermediate_size,
+                                                                  config.mlp_bias, "mlp_in")
         self.down_proj = linear(config.intermediate_size, config.hidden_size, config.mlp_bias, "mlp_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.activation(self.up_proj(x)))
+        hidden = self.up_proj(x)
+        return self.down_proj(hidden if self.activation is None else self.activation(hidden))
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +54,21 @@ class ASGG(Component):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, ref, value = self.up_proj(x).chunk(3, dim=-1)
         return self.down_proj(F.gelu(ref) * torch.sigmoid(gate) * value)
+
+
+class SwiGLU(Component):
+    """Shazeer's SwiGLU in NYX's layout: one d -> 2I projection whose first half is the value a and second half the
+    gate g; `mlp_dropout` acts on a ⊙ SiLU(g) before the down projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.up_proj = linear(config.hidden_size, 2 * config.intermediate_size, config.mlp_bias, "mlp_in")
+        self.dropout = nn.Dropout(config.mlp_dropout)
+        self.down_proj = linear(config.intermediate_size, config.hidden_size, config.mlp_bias, "mlp_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.dropout(value * F.silu(gate)))
 
 
 @MLPS.register("gelu")
@@ -68,3 +89,8 @@ def relu2_mlp(config, layer_idx: int) -> TwoLayerMLP:
 @MLPS.register("asgg")
 def asgg_mlp(config, layer_idx: int) -> ASGG:
     return ASGG(config)
+
+
+@MLPS.register("swiglu")
+def swiglu_mlp(config, layer_idx: int) -> SwiGLU:
+    return SwiGLU(config)

@@ -5,6 +5,8 @@
 | layernorm | (x − mean)/sqrt(var + ε) · w + b | w = 1, b = 0 |
 | layernorm_nobias | (x − mean)/sqrt(var + ε) · w | w = 1 |
 | rmsnorm | x · rsqrt(mean(x²) + ε) · w | w = 1 |
+| zero_centred_rmsnorm | x · rsqrt(mean(x²) + ε) · (1 + w) (Gemma, Qwen3-Next, NeoLLM) | w = 0 |
+| rmsnorm_parameterless | x · rsqrt(mean(x²) + ε) (nanochat, yatgpt) | none |
 | dyt | γ · tanh(α x) + β (Zhu et al. 2025, arXiv 2503.10622) | α scalar = dyt_alpha_init, γ = 1, β = 0 |
 | dyt_n4 | w · tanh(x) (N4's reduced DyT: α ≡ 1, β ≡ 0) | w = 1 |
 """
@@ -39,18 +41,42 @@ class LayerNorm(Component):
 
 
 class RMSNorm(Component):
-    def __init__(self, dim: int, eps: float):
+    """x · rsqrt(mean(x²) + ε), times a learnable gain w unless `gain=False` (parameterless)."""
+
+    def __init__(self, dim: int, eps: float, gain: bool = True):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if gain else None
 
     def reset_parameters(self) -> None:
-        init.ones_(self.weight)
+        if self.weight is not None:
+            init.ones_(self.weight)
+
+    def scale(self) -> torch.Tensor | None:
+        """The per-channel multiplier of the normalised input (None: parameterless)."""
+        return None if self.weight is None else self.weight.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        scale = self.scale()
+        if scale is not None:
+            y = y * scale
         return y.to(x.dtype)
+
+
+class ZeroCentredRMSNorm(RMSNorm):
+    """RMSNorm whose gain is stored as its offset from 1 (w = 0 at init), so weight decay pulls the gain to 1."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__(dim, eps)
+        nn.init.zeros_(self.weight)
+
+    def reset_parameters(self) -> None:
+        init.zeros_(self.weight)
+
+    def scale(self) -> torch.Tensor:
+        return 1.0 + self.weight.float()
 
 
 class DyT(Component):
@@ -90,6 +116,8 @@ class ReducedDyT(Component):
 NORMS.register("layernorm")(lambda config, dim: LayerNorm(dim, config.norm_eps, bias=True))
 NORMS.register("layernorm_nobias")(lambda config, dim: LayerNorm(dim, config.norm_eps, bias=False))
 NORMS.register("rmsnorm")(lambda config, dim: RMSNorm(dim, config.norm_eps))
+NORMS.register("zero_centred_rmsnorm")(lambda config, dim: ZeroCentredRMSNorm(dim, config.norm_eps))
+NORMS.register("rmsnorm_parameterless")(lambda config, dim: RMSNorm(dim, config.norm_eps, gain=False))
 NORMS.register("dyt")(lambda config, dim: DyT(dim, config.dyt_alpha_init))
 NORMS.register("dyt_n4")(lambda config, dim: ReducedDyT(dim))
 

@@ -8,6 +8,10 @@ RoPE (GPT-NeoX layout, half-split): with r = rotary_dim rotated channels per hea
 
 channels r.. pass unchanged. Tables and the rotation itself are computed in fp32.
 
+`rope_sign = −1` rotates by −φ instead (sin negated): with x1, x2 the two halves, y1 = x1 cos φ + x2 sin φ and
+y2 = −x1 sin φ + x2 cos φ (nanochat / flaxchat). Scores still depend only on relative positions, but trained
+weights expect their own sign.
+
 `rope_scaling` (HF semantics, L0 = original_max_position_embeddings, f = factor):
 - linear: positions divided by f (inv_freq / f);
 - dynamic (NTK-aware): for a length L > L0, θ' = θ·(f·L/L0 − (f − 1))^(r/(r − 2)); no-op up to L0;
@@ -86,6 +90,7 @@ class RotaryEmbedding(Component):
         self.rotary_dim = config.rotary_dim
         self.theta = config.rope_theta
         self.scaling = config.rope_scaling
+        self.sign = config.rope_sign
         self.attention_factor = 1.0
         if self.scaling is not None and self.scaling["type"] == "yarn":
             self.attention_factor = self.scaling.get("attention_factor", 0.1 * math.log(self.scaling["factor"]) + 1.0)
@@ -120,7 +125,7 @@ class RotaryEmbedding(Component):
             inv_freq = self._dynamic_inv_freq(int(position_ids.max()) + 1)
         angles = position_ids[:, None, :, None].float() * inv_freq.float()  # (B, 1, T, r/2)
         angles = torch.cat((angles, angles), dim=-1)
-        return Rotation(angles.cos() * self.attention_factor, angles.sin() * self.attention_factor)
+        return Rotation(angles.cos() * self.attention_factor, angles.sin() * (self.sign * self.attention_factor))
 
 
 class NoPosition(Component):

@@ -1,0 +1,173 @@
+"""What one training run does: `TrainConfig`, built from a preset's recipe plus command-line overrides.
+
+Precedence: an explicit option beats the preset's recipe, which beats lmlab's defaults. The resolved config is
+written to RUN/train_config.json and into every checkpoint; `--resume` refuses a checkpoint whose *trajectory* keys
+(everything that changes which numbers the run computes: model, data, tokenizer, batch, optimizer, schedule, budget,
+seed, world size) differ, and names them. Logging, evaluation, sampling and checkpoint cadence may change freely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from lmlab.overrides import normalize_overrides
+from lmlab.presets import get_preset
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+VOCAB_MULTIPLE = 64
+
+# keys that may differ between a checkpoint and the run resuming it
+FREE_KEYS = frozenset({
+    "eval_every", "eval_batches", "sample_every", "sample_tokens", "sample_prompt", "checkpoint_every",
+    "keep_checkpoints", "log_every", "compile", "progress", "wandb", "tensorboard", "cache_dir",
+})
+
+
+@dataclass
+class TrainConfig:
+    preset: str
+    data: list[str] = field(default_factory=lambda: ["stdlib"])
+    text_field: str = "text"
+    hf_split: str = "train"
+    max_documents: int | None = None
+    tokenizer: str = "bytes"
+    # `--set` overrides of the preset's model config (lmlab.overrides); a {key: value} mapping is accepted and stored
+    # as the equivalent strings
+    model_overrides: list[str] = field(default_factory=list)
+    # batch
+    seq_len: int = 256
+    batch_size: int = 8
+    grad_accum: int = 1
+    world_size: int = 1
+    precision: str = "fp32"
+    # optimisation
+    optimizer: dict = field(default_factory=lambda: {"name": "adamw", "lr": 3e-4})
+    schedule: dict = field(default_factory=lambda: {"name": "cosine", "warmup_steps": 0})
+    grad_clip: float | None = 1.0
+    steps: int = 0  # the budget: steps, else tokens, else a Chinchilla multiple (of 20 tokens per parameter)
+    tokens: int | None = None
+    chinchilla: float | None = None
+    seed: int = 1337
+    val_fraction: float = 0.05
+    distributed: str = "ddp"
+    grad_checkpointing: bool = False
+    # fine-tuning (`lmlab finetune`): start from a trained model instead of a fresh preset model
+    base: str | None = None  # the model the run starts from (copied once to RUN/base; see lmlab.finetune)
+    lora: dict | None = None  # LoRA settings (rank, alpha, targets, dropout): only adapters train; None = every weight
+    # cadence and outputs (free to change on resume)
+    eval_every: int = 0
+    eval_batches: int = 20
+    sample_every: int = 0
+    sample_tokens: int = 64
+    sample_prompt: str | None = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
+    log_every: int = 1
+    compile: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        self.model_overrides = normalize_overrides(self.model_overrides)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
+        for name in ("seq_len", "batch_size", "grad_accum", "world_size", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise ValueError("seq_len must be at least 2 (one input and one target)")
+        if self.lora is not None and self.base is None:
+            raise ValueError("lora needs a base model to adapt: set base (lmlab finetune --base MODEL --lora)")
+        if self.lora is not None and self.distributed == "fsdp":
+            raise ValueError("LoRA fine-tuning runs under DDP, not FSDP (only the small adapters train); use "
+                             "--distributed ddp")
+
+    @property
+    def peak_lr(self) -> float:
+        return float(self.optimizer["lr"])
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size * self.seq_len
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as the JSON file holds them
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def trajectory(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if k not in FREE_KEYS}
+
+
+RECIPE_KEYS = ("tokenizer", "seq_len", "batch_size", "grad_accum", "precision", "optimizer", "schedule",
+               "grad_clip", "chinchilla")
+
+
+def config_from_recipe(preset: str, options: dict) -> TrainConfig:
+    """The run's config: lmlab defaults, then the preset's recipe, then `options` (None values are ignored)."""
+    recipe = get_preset(preset).recipe
+    return apply_options({"preset": preset, **{key: recipe[key] for key in RECIPE_KEYS if key in recipe}}, options)
+
+
+def apply_options(values: dict, overrides: dict) -> TrainConfig:
+    """`values` (a recipe or a saved config) with the training options `overrides` applied (model overrides are
+    the `model_overrides` field, applied by lmlab.overrides). Besides TrainConfig fields, overrides may hold
+    `lr` (the peak learning rate), `optimizer_name` (another optimizer keeps only lr, weight_decay and no_decay),
+    `schedule_name` and `warmup_steps`, merged into the optimizer and schedule dicts. A `grad_clip` of 0 is off."""
+    values = dict(values)
+    values["optimizer"] = dict(values.get("optimizer") or {"name": "adamw", "lr": 3e-4})
+    values["schedule"] = dict(values.get("schedule") or {"name": "cosine", "warmup_steps": 0})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    name = overrides.pop("optimizer_name", None)
+    if name is not None and name != values["optimizer"].get("name"):
+        kept = {k: v for k, v in values["optimizer"].items() if k in ("lr", "weight_decay", "no_decay")}
+        values["optimizer"] = {"name": name, **kept}
+    if "lr" in overrides:
+        values["optimizer"]["lr"] = overrides.pop("lr")
+    if "schedule_name" in overrides:
+        values["schedule"]["name"] = overrides.pop("schedule_name")
+    if "warmup_steps" in overrides:
+        values["schedule"]["warmup_steps"] = overrides.pop("warmup_steps")
+    if overrides.get("grad_clip") == 0:
+        overrides["grad_clip"] = None
+        values["grad_clip"] = None
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+def padded_vocab_size(tokenizer_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    return int(math.ceil(tokenizer_size / multiple) * multiple)
+
+
+def model_vocab_size(preset_vocab: int, recipe_tokenizer: str | None, tokenizer_spec: str, tokenizer_size: int,
+                     override: int | None = None) -> tuple[int, str]:
+    """The model's vocab_size for this tokenizer, and a log line explaining it.
+
+    Rule: an explicit vocab_size wins; a preset trained with its own published tokenizer keeps its published
+    vocab_size (e.g. yatgpt's 32,768 rows for Mistral's 32,000 pieces); any other tokenizer gets its own size
+    rounded up to a multiple of 64 (fast matmuls; the extra rows are never targets)."""
+    if override is not None:
+        size, why = override, "set explicitly"
+    elif tokenizer_spec == recipe_tokenizer:
+        size, why = preset_vocab, f"the preset's published size for {tokenizer_spec}"
+    else:
+        size = padded_vocab_size(tokenizer_size)
+        why = f"the tokenizer's {tokenizer_size:,} ids rounded up to a multiple of {VOCAB_MULTIPLE}"
+    if size < tokenizer_size:
+        raise ValueError(f"vocab_size {size:,} is smaller than tokenizer {tokenizer_spec!r} ({tokenizer_size:,} ids); "
+                         "token ids would fall outside the embedding table — drop the vocab_size override or use "
+                         "a larger one")
+    return size, f"vocab_size {size:,}: {why}"
+
+
+__all__ = ["FREE_KEYS", "PRECISIONS", "TrainConfig", "apply_options", "config_from_recipe", "model_vocab_size",
+           "padded_vocab_size"]
