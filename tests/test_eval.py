@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, byte_tokenizer, randomise_parameters, save_model_dir, shared_data, tiny_model
+from conftest import REPO, randomise_parameters, save_model_dir, shared_data, tiny_model
 from lmlab import list_presets
+from lmlab.data.tokenizers import bytes_tokenizer
 from lmlab.eval.perplexity import text_perplexity
 from lmlab.eval.scoring import score_spans, strided_windows
 
@@ -18,12 +19,9 @@ LOCAL_TASKS = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "
 CONTEXT = 320  # evaluation context for the lm-eval runs (byte tokens; PIQA solutions reach 248): keeps them fast
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def byte_model():
-    tokenizer = byte_tokenizer()
+    tokenizer = bytes_tokenizer()
     model = tiny_model("ngen4-tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
     randomise_parameters(model)
     return model, tokenizer
