@@ -47,37 +47,17 @@ def randomise_parameters(model: torch.nn.Module, seed: int = 0, scale: float = 0
             p.add_(torch.randn(p.shape, generator=generator) * scale * spread)
 
 
-__all__ = ["REPO", "SHARED_DATA", "TINY_VOCAB", "byte_tokenizer", "lmlab", "randomise_parameters", "save_model_dir",
-           "shared_data", "tiny_model"]
-
-
-@pytest.fixture
-def one_thread():
-    """Run with one torch thread: tiny models decode fastest so, and busy-waiting threads stall on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+__all__ = ["REPO", "SHARED_DATA", "TINY_VOCAB", "lmlab", "randomise_parameters", "save_model_dir", "shared_data",
+           "tiny_model"]
 
 
 # ---- model directories for the commands that load a saved model (generate, eval)
 
-def byte_tokenizer():
-    """A byte-level fast tokenizer: one token per UTF-8 byte (ids 0-255) plus `<|endoftext|>` (id 256)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokenizer = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(["<|endoftext|>"])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
-
-
 def save_model_dir(path: Path, preset: str, tokenizer=None, seed: int = 0, **overrides) -> Path:
-    """Save a randomised tiny model of `preset` and a tokenizer (default: `byte_tokenizer()`) as a model directory."""
-    tokenizer = tokenizer or byte_tokenizer()
+    """Save a randomised tiny model of `preset` and a tokenizer (default: lmlab's `bytes`) as a model directory."""
+    from lmlab.data.tokenizers import bytes_tokenizer
+
+    tokenizer = tokenizer or bytes_tokenizer()
     model = tiny_model(preset, seed=seed, **{"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
                                             **overrides})
     randomise_parameters(model, seed=seed)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, byte_tokenizer, randomise_parameters, save_model_dir, shared_data, tiny_model
+from conftest import REPO, randomise_parameters, save_model_dir, shared_data, tiny_model
 from lmlab import list_presets
+from lmlab.data.tokenizers import bytes_tokenizer
 from lmlab.eval.perplexity import text_perplexity
 from lmlab.eval.scoring import score_spans, strided_windows
 
@@ -18,12 +19,9 @@ LOCAL_TASKS = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "
 CONTEXT = 320  # evaluation context for the lm-eval runs (byte tokens; PIQA solutions reach 248): keeps them fast
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def byte_model():
-    tokenizer = byte_tokenizer()
+    tokenizer = bytes_tokenizer()
     model = tiny_model("ngen4-tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
     randomise_parameters(model)
     return model, tokenizer
@@ -386,6 +384,22 @@ def test_eval_command_unknown_task(tmp_path, capsys):
     assert "unknown task 'hellaswagg'. Did you mean hellaswag" in capsys.readouterr().err
 
 
+def test_default_context_is_the_trained_length_then_the_position_limit(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lmlab.eval.scoring import context_length
+
+    model_dir = save_model_dir(tmp_path / "model", "ngen4-tiny", max_position_embeddings=96)
+    config = AutoModelForCausalLM.from_pretrained(model_dir).config
+    assert context_length(config) == 96
+    (model_dir / "train_config.json").write_text(json.dumps({"seq_len": 48}))  # as lmlab train's checkpoints hold
+    assert context_length(config) == 48
+    assert context_length(config, override=20) == 20
+    config.max_position_embeddings = None
+    (model_dir / "train_config.json").unlink()
+    assert context_length(config) == 2048
+
+
 def test_default_data_dir_is_beside_the_repository(monkeypatch):
     from lmlab.eval.tasks import DATA_ENV, default_data_dir
 
@@ -415,3 +429,23 @@ def test_hub_source_uses_lm_evals_own_tasks_of_the_same_names(tmp_path, monkeypa
     assert seen == {"defaults": True, "files": ["0000_mine.yaml"]}
     TaskCatalog("local", tmp_path).close()
     assert seen["defaults"] is False and len(seen["files"]) == 6 + 5 + 57  # 6 tasks, MMLU: 5 groups, 57 subjects
+
+
+def test_generate_and_eval_read_a_training_run(tmp_path, capsys):
+    """The chain a user runs: lmlab train writes a run; generate and eval take the run directory."""
+    from lmlab.cli import main
+
+    corpus = REPO / "src" / "lmlab" / "train" / "*.py"
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "n4-tiny", "--out", str(run), "--data", str(corpus), "--tokenizer", "bytes",
+                 "--seq-len", "32", "--batch-size", "4", "--steps", "2", "--eval-batches", "1", "--sample-tokens",
+                 "0", "--no-progress", "--no-tensorboard", "--cache-dir", str(tmp_path / "cache"),
+                 "--set", "hidden_size=32", "--set", "intermediate_size=64"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "def ", "--max-new-tokens", "8", "--seed", "0",
+                 "--ignore-eos"]) == 0
+    assert capsys.readouterr().out.startswith("def ")
+    text = tmp_path / "text.txt"
+    text.write_text("def main():\n    return 0\n" * 4)
+    assert main(["eval", "--checkpoint", str(run), "--tasks", f"perplexity:{text}"]) == 0
+    assert "|32|16|" in capsys.readouterr().out  # the context is the trained length, the stride half of it

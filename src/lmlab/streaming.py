@@ -13,6 +13,7 @@ from __future__ import annotations
 
 REPLACEMENT_CHAR = "\ufffd"
 CONTEXT_TOKENS = 5  # prompt tokens decoded with the first generated ones so merges and leading spaces come out right
+MAX_CHARACTER_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so it never spans more tokens than that
 
 
 class IncrementalDetokenizer:
@@ -34,12 +35,17 @@ class IncrementalDetokenizer:
         return window[len(released):] if len(window) > len(released) else ""
 
     def push(self, token: int) -> str:
-        """Add one token; return the text it completes ("" while a character is still incomplete)."""
+        """Add one token; return the text it completes ("" while a character is still incomplete).
+
+        Text still ending in U+FFFD after more new tokens than a character can span holds invalid bytes, not an
+        incomplete character: it is released as it is, and the next window starts after it (some decoders turn a
+        whole run of bytes into U+FFFD around one invalid byte), so the stream never stalls."""
         self.tokens.append(token)
         piece = self._new_text()
-        if not piece or piece.endswith(REPLACEMENT_CHAR):
+        invalid = piece.endswith(REPLACEMENT_CHAR)
+        if not piece or (invalid and len(self.tokens) - self.read_offset < MAX_CHARACTER_TOKENS):
             return ""
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+        self.prefix_offset, self.read_offset = (len(self.tokens) if invalid else self.read_offset), len(self.tokens)
         return piece
 
     def flush(self) -> str:

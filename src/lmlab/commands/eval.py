@@ -29,7 +29,8 @@ def register(subparsers) -> None:
                         help="a task YAML file or a folder of them to add; repeatable")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
     parser.add_argument("--max-length", type=int,
-                        help="context length (default: the model's max_position_embeddings, else 2048)")
+                        help="context length (default: the sequence length the model was trained at when lmlab train "
+                             "recorded it, else its max_position_embeddings, else 2048)")
     parser.add_argument("--stride", type=int, help="perplexity window stride (default: half the context length)")
     parser.add_argument("--bootstrap-iters", type=int, default=1000,
                         help="bootstrap resamples for the standard errors of non-mean metrics (0 = none)")

@@ -11,7 +11,9 @@ only the last max(n) positions need logits. Logits and the log-softmax are fp32.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -22,9 +24,21 @@ LOGIT_BUDGET = 2**25  # fp32 logits per batch (128 MiB; the log-softmax takes as
 TOKEN_BUDGET = 2**14  # input tokens per batch
 
 
+def trained_length(config) -> int | None:
+    """The sequence length the model was trained at, when `lmlab train` saved it (train_config.json in the model
+    directory it was loaded from)."""
+    from lmlab.train.checkpoint import TRAIN_CONFIG
+
+    saved = Path(getattr(config, "_name_or_path", None) or "") / TRAIN_CONFIG
+    if not saved.is_file():
+        return None
+    return json.loads(saved.read_text()).get("seq_len")
+
+
 def context_length(config, override: int | None = None) -> int:
-    """The window an evaluation gives the model: `override`, else its position limit, else 2048 tokens."""
-    return int(override or config.max_position_embeddings or DEFAULT_CONTEXT)
+    """The window an evaluation gives the model: `override`, else the length it was trained at (recorded by
+    `lmlab train`), else its position limit, else 2048 tokens."""
+    return int(override or trained_length(config) or config.max_position_embeddings or DEFAULT_CONTEXT)
 
 
 def strided_windows(num_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:

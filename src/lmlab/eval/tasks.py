@@ -4,7 +4,7 @@ lmlab's tasks are lm-eval YAML files in `lmlab/eval/tasks/` (ARC-Easy, ARC-Chall
 subjects, PIQA, Winogrande, LAMBADA), written to give exactly the prompts of lm-eval's own tasks of the same names
 but read from local files (`dataset_path: json` or `csv`, `dataset_kwargs.data_files`). A relative data file is
 found in the eval data directory: `--data-dir`, else $LMLAB_EVAL_DATA, else `../shared/data/eval` beside the
-repository. lm-eval reads data files as given, so each YAML is wrapped, at run time, by a one-line YAML that
+repository. lm-eval reads data files as given, so each YAML is wrapped, at run time, by a two-key YAML that
 includes it and sets its data files to absolute paths; lm-eval then indexes the wrappers.
 
 Sources:
