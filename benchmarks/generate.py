@@ -12,9 +12,13 @@ greedy, end-of-sequence ignored, fresh random weights, at one of two sizes:
 Methods:
 
 - `cached`: lmlab.generate (prefill, then one token per step with the model's cache);
+- `compiled`: the same with `compile=True` (the one-token step through torch.compile, weights frozen on CPU; see
+  lmlab.compiled_decode), timed after one untimed warm-up run that compiles it — `compile_s` is that run's time
+  beyond a steady-state run: what a user pays once per model and process;
 - `recompute`: the same engine with use_cache=False (the whole sequence every step, logits of the last position
-  only) — target: cached ≥ 10× this;
-- `hf_generate`: transformers' `model.generate` on the same model (its cache is our LMLabCache) — target ≥ 1.5×;
+  only) — target: cached (compiled) ≥ 10× this;
+- `hf_generate`: transformers' `model.generate` on the same model (its cache is our LMLabCache) — target: cached
+  (compiled) ≥ 1.5× this;
 - `model_forward`: the model's cached one-token forward alone, timed in a bare loop: the floor under any decoding
   loop (cached_ms − forward_ms is our loop's overhead per step, hf_generate_ms − forward_ms transformers');
 - `generate_n4c` (N4 only, batch 1): the published N4 sampler as specified in shared/specs/n4.md §7.1, written out
@@ -113,6 +117,10 @@ def bench_batch(model, config, batch: int, prompt_tokens: int, new_tokens: int, 
         completions = generate_tokens(model, rows, greedy)
         assert all(len(c.token_ids) == new_tokens for c in completions)
 
+    def compiled():
+        completions = generate_tokens(model, rows, greedy, compile=True)
+        assert all(len(c.token_ids) == new_tokens for c in completions)
+
     def hf_generate():
         with torch.inference_mode():
             out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
@@ -120,24 +128,30 @@ def bench_batch(model, config, batch: int, prompt_tokens: int, new_tokens: int, 
         assert out.shape[1] == prompt_tokens + new_tokens
 
     generate_tokens(model, rows, SamplingOptions(max_new_tokens=4, temperature=0.0, stop_token_ids=()))  # warm-up
-    best = {"cached": math.inf, "hf_generate": math.inf, "model_forward": math.inf}
+    first_compiled_s = timed(compiled)[0]
+    best = {"cached": math.inf, "compiled": math.inf, "hf_generate": math.inf, "model_forward": math.inf}
     for _ in range(rounds):  # interleaved, best of `rounds`: other processes on the machine only ever slow a run
         best["cached"] = min(best["cached"], timed(cached)[0] / new_tokens * 1e3)
+        best["compiled"] = min(best["compiled"], timed(compiled)[0] / new_tokens * 1e3)
         best["hf_generate"] = min(best["hf_generate"], timed(hf_generate)[0] / new_tokens * 1e3)
         best["model_forward"] = min(best["model_forward"], forward_ms_per_step(model, prompt, new_tokens))
     entry = {f"{name}_ms_per_step": ms for name, ms in best.items()}
-    entry["cached_tok_s"] = batch * 1e3 / best["cached"]
-    entry["hf_generate_tok_s"] = batch * 1e3 / best["hf_generate"]
+    entry["compile_s"] = first_compiled_s - best["compiled"] * new_tokens / 1e3
+    for name in ("cached", "compiled", "hf_generate"):
+        entry[f"{name}_tok_s"] = batch * 1e3 / best[name]
     entry["speedup_vs_hf_generate"] = best["hf_generate"] / best["cached"]
+    entry["compiled_speedup_vs_hf_generate"] = best["hf_generate"] / best["compiled"]
     if not skip_recompute:  # minutes per run: timed once
         seconds = timed(generate_tokens, model, rows, greedy, use_cache=False)[0]
         entry["recompute_tok_s"] = batch * new_tokens / seconds
         entry["speedup_vs_recompute"] = entry["cached_tok_s"] / entry["recompute_tok_s"]
+        entry["compiled_speedup_vs_recompute"] = entry["compiled_tok_s"] / entry["recompute_tok_s"]
     if batch == 1 and config.mixer == "selective_copy":
         seconds, tokens = timed(lambda p: list(generate_n4c(model, p, new_tokens, eos_token_id=None)), prompt)
         assert len(tokens) == new_tokens
         entry["generate_n4c_tok_s"] = new_tokens / seconds
         entry["speedup_vs_generate_n4c"] = entry["cached_tok_s"] / entry["generate_n4c_tok_s"]
+        entry["compiled_speedup_vs_generate_n4c"] = entry["compiled_tok_s"] / entry["generate_n4c_tok_s"]
     return entry
 
 

@@ -59,6 +59,12 @@ class KVCache:
         self.length += new
         return self.keys[:, :, :self.length], self.values[:, :, :self.length]
 
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` rows now, so that appends up to then never reallocate."""
+        if self.keys is not None and capacity > self.keys.shape[2]:
+            self.keys = _grow(self.keys, self.length, self.keys, capacity)
+            self.values = _grow(self.values, self.length, self.values, capacity)
+
 
 @dataclasses.dataclass
 class SlidingKVCache(KVCache):
@@ -94,6 +100,15 @@ def _grow(buffer: torch.Tensor | None, used: int, like: torch.Tensor, capacity: 
     if buffer is not None and used:
         grown[:, :, :used] = buffer[:, :, :used]
     return grown
+
+
+def _kv_caches(state):
+    """The KVCaches in a layer's state (the state itself, or fields of a state dataclass)."""
+    if isinstance(state, KVCache):
+        yield state
+    elif dataclasses.is_dataclass(state):
+        for field in dataclasses.fields(state):
+            yield from _kv_caches(getattr(state, field.name))
 
 
 class LMLabCache(Cache):
@@ -133,6 +148,13 @@ class LMLabCache(Cache):
         self.layers = [None] * len(self.layers)
         self.model_state = {}
         self.seen_tokens = 0
+
+    def reserve(self, tokens: int) -> None:
+        """Give every KV buffer room for `tokens` tokens in all, so that decoding up to then never reallocates one
+        (a compiled decoding step then always sees buffers of the same size). Other states have a fixed size."""
+        for state in self.layers:
+            for kv in _kv_caches(state):
+                kv.reserve(tokens)
 
     # ---- batch operations (beam search, several samples per prompt)
     def _map(self, fn: BatchFn) -> None:

@@ -11,7 +11,8 @@ allocated once for the whole run and each step passes a view of it.
 
 Layers:
 - `BatchDecoder`: token ids in, one new token per active row per step out (`use_cache=False` recomputes the whole
-  sequence every step: the reference that cached decoding must equal);
+  sequence every step: the reference that cached decoding must equal; `compile=True` runs the one-token steps
+  through a compiled forward, see lmlab.compiled_decode);
 - `Generator`: text in, text out, with streaming (pieces that never split a character) and stop strings.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmlab.compiled_decode import compiled_decode_step
 from lmlab.sampling import Sampler, SamplingOptions
 from lmlab.streaming import TextStream
 
@@ -67,15 +69,18 @@ class BatchDecoder:
     """Decodes a batch of token prompts; iterate `steps()` and call `finish(row)` to stop a row early."""
 
     def __init__(self, model, prompts: list[list[int]], options: SamplingOptions, *, use_cache: bool = True,
-                 stop_token_ids: set[int] | None = None):
+                 stop_token_ids: set[int] | None = None, compile: bool = False):
         if not prompts:
             raise ValueError("no prompts given")
+        if compile and not use_cache:
+            raise ValueError("compile=True compiles the cached one-token step; it needs use_cache=True")
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
         self.model = model
         self.options = options
         self.use_cache = use_cache
+        self.compile = compile
         self.stop_token_ids = (set(options.stop_token_ids) if options.stop_token_ids is not None
                                else model_stop_token_ids(model.config) if stop_token_ids is None else stop_token_ids)
         self.limit = model.config.max_position_embeddings
@@ -125,6 +130,10 @@ class BatchDecoder:
             out = model(ids[:, :width], attention_mask=mask[:, :width] if padded else None,
                         use_cache=self.use_cache, logits_to_keep=1)
             cache = out.past_key_values if self.use_cache else None
+        decode_step = model
+        if self.compile:
+            decode_step = compiled_decode_step(model)
+            cache.reserve(width + options.max_new_tokens)  # no buffer grows inside the compiled step
         for step in range(options.max_new_tokens):
             with torch.inference_mode():
                 tokens = sampler(out.logits[:, -1])
@@ -160,17 +169,18 @@ class BatchDecoder:
                         cache.batch_select_indices(index)
                 current_mask = mask[:, :length] if padded else None
                 if cache is not None:
-                    out = model(tokens[:, None], attention_mask=current_mask,
-                                position_ids=positions if padded else None, past_key_values=cache, use_cache=True)
+                    out = decode_step(tokens[:, None], attention_mask=current_mask,
+                                      position_ids=positions if padded else None, past_key_values=cache,
+                                      use_cache=True)
                 else:
                     out = model(ids[:, :length], attention_mask=current_mask, use_cache=False, logits_to_keep=1)
                 positions = positions + 1
 
 
 def generate_tokens(model, prompts: list[list[int]], options: SamplingOptions | None = None, *,
-                    use_cache: bool = True) -> list[Completion]:
+                    use_cache: bool = True, compile: bool = False) -> list[Completion]:
     """Token-level generation for a batch of token prompts (stop strings need `Generator`)."""
-    decoder = BatchDecoder(model, prompts, options or SamplingOptions(), use_cache=use_cache)
+    decoder = BatchDecoder(model, prompts, options or SamplingOptions(), use_cache=use_cache, compile=compile)
     for _ in decoder.steps():
         pass
     return decoder.completions()
@@ -182,12 +192,15 @@ class Generator:
     >>> gen = Generator(model, tokenizer)
     >>> gen.generate(["Once upon a time", "The capital of France is"], SamplingOptions(max_new_tokens=20))
     >>> for piece in gen.stream("Once upon a time"): print(piece, end="", flush=True)
+
+    compile=True decodes through a compiled step (lmlab.compiled_decode): slow to start, faster per token.
     """
 
-    def __init__(self, model, tokenizer, add_special_tokens: bool = True):
+    def __init__(self, model, tokenizer, add_special_tokens: bool = True, compile: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.add_special_tokens = add_special_tokens
+        self.compile = compile
 
     def encode(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
@@ -212,7 +225,7 @@ class Generator:
     def _events(self, prompt_ids: list[list[int]], options: SamplingOptions, use_cache: bool,
                 completions: list[Completion]) -> Iterator[tuple[int, str]]:
         decoder = BatchDecoder(self.model, prompt_ids, options, use_cache=use_cache,
-                               stop_token_ids=self.stop_token_ids(options))
+                               stop_token_ids=self.stop_token_ids(options), compile=self.compile)
         streams = [TextStream(self.tokenizer, ids, options.stop) for ids in prompt_ids]
         for rows, tokens in decoder.steps():
             for row, token in zip(rows, tokens, strict=True):

@@ -118,7 +118,8 @@ class LMLabModel(LMLabPreTrainedModel):
         past_length = cache.get_seq_length() if cache is not None else 0
 
         if input_ids is not None:
-            check_token_ids(input_ids, self.config.vocab_size)
+            if not torch.compiler.is_compiling():  # reading the ids' range would split a compiled graph in two
+                check_token_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length = inputs_embeds.shape[:2]
         total = past_length + length
@@ -133,7 +134,9 @@ class LMLabModel(LMLabPreTrainedModel):
             if attention_mask.shape != (batch, total):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, past + "
                                  f"current tokens) = ({batch}, {total})")
-            if not bool(attention_mask.all()):
+            # an all-ones mask is dropped (unmasked kernels are faster), except when compiled: testing it would split
+            # the graph, and a mask of ones gives the same result
+            if torch.compiler.is_compiling() or not bool(attention_mask.all()):
                 key_padding = attention_mask.bool()
         if position_ids is None:
             position_ids = default_position_ids(key_padding, past_length, length, inputs_embeds.device)
