@@ -9,6 +9,7 @@ the weight-change test.
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from conftest import randomise_parameters
 from lmlab.cache import KVCache
@@ -26,7 +27,9 @@ def test_compiled_greedy_decoding_equals_eager_token_for_token(preset):
     prompts = random_prompts((11, 4))  # left padding; the window is crossed in the prompt and while decoding
     options = SamplingOptions(max_new_tokens=16, **GREEDY)
     eager = generate_tokens(model, prompts, options)
+    graphs = counters["stats"]["unique_graphs"]
     compiled = generate_tokens(model, prompts, options, compile=True)
+    assert counters["stats"]["unique_graphs"] > graphs  # it did compile (dynamo falls back to eager silently)
     assert [c.token_ids for c in compiled] == [e.token_ids for e in eager]
     assert all(len(c.token_ids) == 16 for c in compiled)
 

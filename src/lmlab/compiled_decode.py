@@ -26,6 +26,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+RECOMPILE_LIMIT = 64
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its CompiledDecodeStep
 
 
@@ -54,16 +55,29 @@ class CompiledDecodeStep:
             torch.compiler.reset()
             self.fingerprint = fingerprint
 
-    def _settings(self):
-        if not self.freeze:
-            return contextlib.nullcontext()
+    def __call__(self, input_ids: torch.Tensor, **kwargs):
+        from torch._dynamo import config as dynamo_config
         from torch._inductor import config as inductor_config
 
-        return inductor_config.patch(freezing=True)
-
-    def __call__(self, input_ids: torch.Tensor, **kwargs):
-        with self._settings():
+        # every lmlab model shares one forward, and dynamo caches compiled graphs per function: the default limit
+        # of 8 would leave a process that decodes with several models (or batch layouts) silently uncompiled
+        with overridden(dynamo_config, recompile_limit=RECOMPILE_LIMIT), \
+                overridden(inductor_config, freezing=self.freeze or inductor_config.freezing):
             return self.compiled(self.model(), input_ids, **kwargs)
+
+
+@contextlib.contextmanager
+def overridden(config, **values):
+    """Set torch config attributes for the duration of a call (in force whenever the call compiles), then restore
+    them; cheaper per token than `config.patch`."""
+    saved = {name: getattr(config, name) for name in values}
+    for name, value in values.items():
+        setattr(config, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
 
 
 def compiled_decode_step(model: torch.nn.Module) -> CompiledDecodeStep:
