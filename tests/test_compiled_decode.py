@@ -47,6 +47,17 @@ def test_compiled_decoding_sees_weights_changed_after_compiling():
     assert generate_tokens(model, prompts, options, compile=True)[0].token_ids == eager
 
 
+def test_compiled_decoding_checks_its_positions_before_it_starts():
+    """The compiled step cannot read its positions; XPOS key scales beyond fp32's safe range must still be refused,
+    as an eager forward refuses them."""
+    model = windowed("nyx-tiny", 8)
+    model.model.check_positions_up_to(1000)
+    with pytest.raises(ValueError, match="XPOS key scale"):
+        model.model.check_positions_up_to(10**6)
+    with pytest.raises(ValueError, match="XPOS key scale"):
+        generate_tokens(model, [[1, 2, 3]], SamplingOptions(max_new_tokens=10**6, **GREEDY), compile=True)
+
+
 def test_compile_needs_the_cache():
     model = windowed("ngen4-tiny", 8)
     with pytest.raises(ValueError, match="use_cache=True"):

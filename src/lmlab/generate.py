@@ -132,8 +132,10 @@ class BatchDecoder:
             cache = out.past_key_values if self.use_cache else None
         decode_step = model
         if self.compile:
-            decode_step = compiled_decode_step(model)
+            # the compiled step cannot check its positions: the last one it will see is checked now
+            model.model.check_positions_up_to(width + max(options.max_new_tokens - 2, -1))
             cache.reserve(width + options.max_new_tokens)  # no buffer grows inside the compiled step
+            decode_step = compiled_decode_step(model)
         for step in range(options.max_new_tokens):
             with torch.inference_mode():
                 tokens = sampler(out.logits[:, -1])

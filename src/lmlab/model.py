@@ -95,6 +95,14 @@ class LMLabModel(LMLabPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
+    def check_positions_up_to(self, last: int) -> None:
+        """Raise now if position `last` is beyond what the position encoding holds in this model's dtype (XPOS key
+        scales). An eager forward checks its own positions; a compiled one cannot read them without splitting its
+        graph, so compiled decoding checks its last position before it starts."""
+        rotation = self.position(torch.tensor([[last]], device=self.embed_tokens.weight.device))
+        if hasattr(rotation, "check_dtype"):
+            rotation.check_dtype(self.dtype)
+
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 

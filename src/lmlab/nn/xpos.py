@@ -91,9 +91,12 @@ class XPosEmbedding(RotaryEmbedding):
         exponent = (position_ids[:, None, :, None].float() - XPOS_CENTRE) / self.scale_base  # (B, 1, T, 1)
         scale = torch.exp(exponent * log_decay)
         scale = torch.cat((scale, scale), dim=-1)  # (B, 1, T, r)
-        # shape-only (meta) runs have no positions to check
-        furthest = 0 if position_ids.is_meta else int((position_ids - XPOS_CENTRE).abs().max())
-        max_key_scale = (1.0 / SMALLEST_DECAY_BASE) ** (furthest / self.scale_base)
+        # shape-only (meta) runs have no positions to check; compiled ones check theirs up front
+        # (LMLabModel.check_positions_up_to): reading them here would split the graph
+        unchecked = position_ids.is_meta or torch.compiler.is_compiling()
+        furthest = 0 if unchecked else int((position_ids - XPOS_CENTRE).abs().max())
+        log_max_key_scale = furthest / self.scale_base * -math.log(SMALLEST_DECAY_BASE)
+        max_key_scale = math.exp(log_max_key_scale) if log_max_key_scale < 700 else math.inf  # fp64's range
         return XPosRotation(rotation.cos, rotation.sin, scale, max_key_scale, furthest)
 
 
