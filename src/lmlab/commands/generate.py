@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     new = sum(len(c.token_ids) for c in completions)
     reasons = ", ".join(sorted({c.finish_reason for c in completions}))
     print(f"[{model_dir}: {new} tokens in {seconds:.2f}s ({new / seconds:.1f} tokens/s) on {model.device}, "
-          f"{str(model.dtype).removeprefix('torch.')}; finished: {reasons}]", file=sys.stderr)
+          f"{str(model.dtype).removeprefix('torch.')}{', compiling included' if args.compile else ''}; "
+          f"finished: {reasons}]", file=sys.stderr)
     return 0
 
 
