@@ -2,7 +2,8 @@
 
 A cached decoding step of a small model is a few hundred tiny ops: Python and dispatch overhead, not arithmetic,
 costs most of its time. `torch.compile` traces the step once and fuses its ops; `dynamic=True` lets the batch and
-the cache length vary without recompiling (a few recompiles happen early on, when the cache's buffers first grow).
+the cache length vary without recompiling (the engine reserves every KV buffer's full length before decoding, so no
+buffer grows inside the step, which would recompile it).
 On CPU, inductor's `freezing` also folds the weights into the compiled code as constants, with matmul weights
 pre-packed for the CPU's BLAS.
 

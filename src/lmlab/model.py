@@ -95,6 +95,9 @@ class LMLabModel(LMLabPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
     def check_positions_up_to(self, last: int) -> None:
         """Raise now if position `last` is beyond what the position encoding holds in this model's dtype (XPOS key
         scales). An eager forward checks its own positions; a compiled one cannot read them without splitting its
@@ -102,9 +105,6 @@ class LMLabModel(LMLabPreTrainedModel):
         rotation = self.position(torch.tensor([[last]], device=self.embed_tokens.weight.device))
         if hasattr(rotation, "check_dtype"):
             rotation.check_dtype(self.dtype)
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, past_key_values: LMLabCache | None = None,
