@@ -47,8 +47,9 @@ def randomise_parameters(model: torch.nn.Module, seed: int = 0, scale: float = 0
             p.add_(torch.randn(p.shape, generator=generator) * scale * spread)
 
 
-__all__ = ["REPO", "SHARED_DATA", "TINY_VOCAB", "lmlab", "randomise_parameters", "save_model_dir", "shared_data",
-           "tiny_model"]
+__all__ = ["LOGIT_TOLERANCE", "REPO", "SHARED_DATA", "TINY_VOCAB", "ForcedTokens", "assert_decisive",
+           "assert_logits_close", "engine_logits", "full_forward_logits", "hf_generate_logits", "lmlab",
+           "randomise_parameters", "random_path", "save_model_dir", "shared_data", "tiny_model"]
 
 
 # ---- model directories for the commands that load a saved model (generate, eval)
@@ -64,3 +65,96 @@ def save_model_dir(path: Path, preset: str, tokenizer=None, seed: int = 0, **ove
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# ---- decoding along a fixed token path: compare logits, never greedy token sequences
+# (a near-tie can flip a greedy choice when kernels differ between CPUs, e.g. AVX2 vs AVX-512/AMX)
+
+LOGIT_TOLERANCE = 1e-4  # max |Δ logit| between two fp32 computations of the same logits (cached vs recomputed, ...)
+
+
+class ForcedTokens:
+    """A sampler for lmlab's engine (`BatchDecoder(..., sampler=...)`) that emits `path[row][step]` and records each
+    step's logits, so two decodings of the same tokens can be compared logit by logit."""
+
+    def __init__(self, path: list[list[int]]):
+        self.path = torch.tensor(path)
+        self.rows = torch.arange(len(path))
+        self.logits: list[torch.Tensor] = []  # per step: (rows still decoding, V)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        self.logits.append(logits.float().clone())
+        return self.path[self.rows, len(self.logits) - 1].to(logits.device)
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        self.rows = self.rows[index.cpu()]
+
+
+def engine_logits(model, prompts: list[list[int]], path: list[list[int]], **decoder_options) -> list[torch.Tensor]:
+    """Per step, the logits (B, V) lmlab's engine computes while it is fed `path` after `prompts`."""
+    from lmlab.generate import BatchDecoder
+    from lmlab.sampling import SamplingOptions
+
+    forced = ForcedTokens(path)
+    options = SamplingOptions(max_new_tokens=len(path[0]), temperature=0.0, stop_token_ids=())
+    for _ in BatchDecoder(model, prompts, options, sampler=forced, **decoder_options).steps():
+        pass
+    return forced.logits
+
+
+def full_forward_logits(model, prompts: list[list[int]], path: list[list[int]]) -> list[torch.Tensor]:
+    """The reference for `engine_logits`: per step, each row's logits from one uncached forward over its own
+    unpadded prompt + path."""
+    rows = []
+    with torch.no_grad():
+        for prompt, tokens in zip(prompts, path, strict=True):
+            ids = torch.tensor([prompt + tokens[:-1]])
+            rows.append(model(ids, use_cache=False).logits[0, len(prompt) - 1:].float())
+    return [torch.stack([row[step] for row in rows]) for step in range(len(path[0]))]
+
+
+def assert_logits_close(actual: list[torch.Tensor], expected: list[torch.Tensor],
+                        tolerance: float = LOGIT_TOLERANCE) -> None:
+    assert len(actual) == len(expected)
+    for step, (a, b) in enumerate(zip(actual, expected, strict=True)):
+        worst = (a - b).abs().max().item()
+        assert worst <= tolerance, f"step {step}: max |Δ logit| = {worst:.3g} > {tolerance}"
+
+
+def random_path(rows: int, length: int, vocab: int = TINY_VOCAB, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (rows, length), generator=generator).tolist()
+
+
+def assert_decisive(logits: torch.Tensor, margin: float = 1e-3) -> None:
+    """Greedy choices from these logits (…, V) cannot flip between CPUs: the top two differ by more than `margin`
+    (kernel differences move fp32 logits by ~1e-6)."""
+    top = logits.float().topk(2, dim=-1).values
+    gap = (top[..., 0] - top[..., 1]).min().item()
+    assert gap > margin, f"a greedy choice is a near-tie (top-2 gap {gap:.2g}); choose another seed for this test"
+
+
+def hf_generate_logits(model, prompts: list[list[int]], path: list[list[int]], **generate_options
+                       ) -> list[torch.Tensor]:
+    """Per step, the raw logits (B, V) transformers' `model.generate()` computes while a logits processor forces
+    `path` after the (left-padded) prompts."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    forced = torch.tensor(path)
+
+    class Force(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            chosen = forced[:, input_ids.shape[1] - width].to(scores.device)
+            return torch.full_like(scores, float("-inf")).scatter(1, chosen[:, None], 0.0)
+
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=len(path[0]), do_sample=False, pad_token_id=0,
+                         logits_processor=LogitsProcessorList([Force()]), output_logits=True,
+                         return_dict_in_generate=True, **generate_options)
+    assert out.sequences[:, width:].tolist() == path
+    return [step.float() for step in out.logits]

@@ -18,6 +18,8 @@ LOCAL_TASKS = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "
                "mmlu_college_physics"]
 CONTEXT = 320  # evaluation context for the lm-eval runs (byte tokens; PIQA solutions reach 248): keeps them fast
 
+pytestmark = pytest.mark.hf
+
 
 @pytest.fixture(scope="module")
 def byte_model():
@@ -27,16 +29,19 @@ def byte_model():
     return model, tokenizer
 
 
-def direct_loglikelihood(model, tokens: list[int], n: int) -> tuple[float, bool]:
-    """log p(tokens[-n:] | tokens[:-n]) from one unpadded forward, token by token."""
+def direct_loglikelihood(model, tokens: list[int], n: int) -> tuple[float, bool | None]:
+    """log p(tokens[-n:] | tokens[:-n]) from one unpadded forward, token by token, and whether every continuation
+    token is the greedy choice (None when some choice is a near-tie that other kernels could decide otherwise)."""
     with torch.no_grad():
         logits = model(torch.tensor([tokens[:-1]])).logits[0].double()
     logprobs = torch.log_softmax(logits, -1)
-    total, greedy = 0.0, True
+    total, greedy, near_tie = 0.0, True, False
     for j in range(len(tokens) - n, len(tokens)):
         total += logprobs[j - 1, tokens[j]].item()
         greedy &= int(logprobs[j - 1].argmax()) == tokens[j]
-    return total, greedy
+        others = torch.cat([logprobs[j - 1, :tokens[j]], logprobs[j - 1, tokens[j] + 1:]])
+        near_tie |= abs(logprobs[j - 1, tokens[j]].item() - others.max().item()) < 1e-3
+    return total, None if near_tie else greedy
 
 
 # ---- windows and span scoring
@@ -75,7 +80,7 @@ def test_span_scores_equal_direct_forwards(preset):
     for (tokens, n), (logprob, greedy) in zip(spans, score_spans(model, spans, max_batch=3), strict=True):
         expected, expected_greedy = direct_loglikelihood(model, tokens, n)
         assert logprob == pytest.approx(expected, abs=1e-3)
-        assert greedy == expected_greedy
+        assert expected_greedy is None or greedy == expected_greedy
 
 
 def test_a_span_needs_one_token_of_context():
@@ -156,7 +161,7 @@ def test_lm_eval_log_likelihoods_agree_with_direct_computation(local_run, byte_m
                 n = len(whole) - len(context_ids)
                 expected, expected_greedy = direct_loglikelihood(model, whole[-(CONTEXT + 1):], n)
                 assert logprob == pytest.approx(expected, abs=1e-3), task
-                assert greedy == expected_greedy
+                assert expected_greedy is None or greedy == expected_greedy
                 scores.append(expected)
             if "acc" in sample and task != "lambada_openai":
                 gold = sample["target"] if isinstance(sample["target"], int) else sample["doc"]["gold"]
@@ -358,17 +363,19 @@ def test_bad_task_specs(spec, error):
 
 # ---- command line
 
-def test_eval_command_prints_a_table_and_writes_json(tmp_path, capsys):
+def test_eval_command_prints_a_table_and_writes_json(tmp_path, capfd, monkeypatch):
     from lmlab.cli import main
 
+    monkeypatch.chdir(tmp_path)  # outside any git repository: lm-eval's `git describe` probe must stay silent
     model_dir = save_model_dir(tmp_path / "model", "n4-tiny")
     text = tmp_path / "text.txt"
     text.write_text("A short text to score.\n" * 20)
     code = main(["eval", "--checkpoint", str(model_dir), "--tasks", f"arc_easy,perplexity:{text}", "--limit", "4",
                  "--data-dir", str(shared_data("eval")), "--max-length", "128", "--bootstrap-iters", "0"])
     assert code == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     assert "|arc_easy" in out and "Bits/byte" in out
+    assert "fatal" not in err and "deprecated" not in err
     [report_file] = (model_dir / "eval").glob("results-*.json")
     report = json.loads(report_file.read_text())
     assert report["harness"]["results"]["arc_easy"]["acc,none"] is not None

@@ -25,6 +25,8 @@ from lmlab.lora import (
 
 TINY_PRESETS = [p.name for p in list_presets() if p.name.endswith("-tiny")]
 
+pytestmark = pytest.mark.hf
+
 
 def tokens(seed=0, length=20):
     return torch.randint(0, TINY_VOCAB, (2, length), generator=torch.Generator().manual_seed(seed))

@@ -5,6 +5,7 @@ import torch
 
 from conftest import TINY_VOCAB, randomise_parameters, tiny_model
 from lmlab import ConfigError, LMLabForCausalLM, count_parameters, list_presets, preset_config
+from lmlab.hf_compat import enable_activation_checkpointing
 from lmlab.registry import UnknownNameError
 
 TINY_PRESETS = [p.name for p in list_presets() if p.name.endswith("-tiny")]
@@ -57,10 +58,10 @@ def test_cached_decoding_equals_full_forward(preset):
     torch.manual_seed(2)
     x = torch.randint(0, TINY_VOCAB, (2, 40))
     full = model(x).logits
-    out = model(x[:, :13], use_cache=True)
-    pieces, cache = [out.logits], out.past_key_values
+    cache = model.new_cache()
+    pieces = [model(x[:, :13], cache=cache, use_cache=True).logits]
     for start, stop in [(13, 14), (14, 20), (20, 21), *[(i, i + 1) for i in range(21, 40)]]:
-        out = model(x[:, start:stop], past_key_values=cache, use_cache=True)
+        out = model(x[:, start:stop], cache=cache, use_cache=True)
         pieces.append(out.logits)
     assert cache.get_seq_length() == 40
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
@@ -79,16 +80,17 @@ def test_cached_decoding_with_left_padding(preset):
         x[i, width - len(row):] = row
         mask[i, width - len(row):] = 1
     nxt = torch.randint(0, TINY_VOCAB, (2, 3))
-    out = model(x, attention_mask=mask, use_cache=True)
-    cache = out.past_key_values
+    cache = model.new_cache()
+    model(x, attention_mask=mask, cache=cache, use_cache=True)
     for step in range(3):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
-        out = model(nxt[:, step:step + 1], attention_mask=mask, past_key_values=cache, use_cache=True)
+        out = model(nxt[:, step:step + 1], attention_mask=mask, cache=cache, use_cache=True)
     for i, row in enumerate(rows):  # each row alone, unpadded, must give the same last logits
         alone = model(torch.cat([row, nxt[i]])[None]).logits[0, -1]
         torch.testing.assert_close(out.logits[i, -1], alone, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.hf
 @pytest.mark.parametrize("preset", TINY_PRESETS)
 def test_save_and_auto_load_give_identical_logits(preset, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -131,7 +133,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     def grads(checkpointing):
         model = tiny_model("ngen4-tiny").train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_activation_checkpointing(model)
             assert all(block.gradient_checkpointing for block in model.model.layers)
         x = torch.randint(0, TINY_VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
         model(x, labels=x).loss.backward()
@@ -143,17 +145,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-6)
 
 
-def test_generate_greedy_with_and_without_cache_agree():
-    model = tiny_model("ngen4-tiny")
-    randomise_parameters(model)
-    prompt = torch.randint(0, TINY_VOCAB, (2, 6))
-    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    cached = model.generate(prompt, use_cache=True, **kwargs)
-    uncached = model.generate(prompt, use_cache=False, **kwargs)
-    assert cached.shape == (2, 18)
-    assert torch.equal(cached, uncached)
-
-
+@pytest.mark.hf
 def test_hf_trainer_trains_the_model(tmp_path):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -213,6 +205,82 @@ def test_sequence_longer_than_the_position_limit():
     model(torch.zeros(1, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="max_position_embeddings=16"):
         model(torch.zeros(1, 17, dtype=torch.long))
-    out = model(torch.zeros(1, 10, dtype=torch.long), use_cache=True)
+    cache = model.new_cache()
+    model(torch.zeros(1, 10, dtype=torch.long), cache=cache, use_cache=True)
     with pytest.raises(ValueError, match="longer than this model's position limit"):
-        model(torch.zeros(1, 7, dtype=torch.long), past_key_values=out.past_key_values, use_cache=True)
+        model(torch.zeros(1, 7, dtype=torch.long), cache=cache, use_cache=True)
+
+
+# ---- the keyword arguments transformers may pass, under every supported release
+
+@pytest.mark.hf
+def test_the_cache_is_taken_under_both_names_and_returned_under_the_installed_releases_name():
+    from lmlab.hf_compat import CACHE_FIELD
+
+    model = tiny_model("ngen4-tiny")
+    randomise_parameters(model)
+    x = torch.randint(0, TINY_VOCAB, (1, 9), generator=torch.Generator().manual_seed(0))
+    full = model(x).logits[:, -1]
+    for name in ("cache", "past_key_values"):
+        out = model(x[:, :8], use_cache=True)
+        cache = getattr(out, CACHE_FIELD)
+        assert cache.get_seq_length() == 8 and set(out.keys()) == {"logits", CACHE_FIELD}
+        step = model(x[:, 8:], use_cache=True, **{name: cache}).logits[:, -1]
+        torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="given twice"):
+        model(x, cache=model.new_cache(), past_key_values=model.new_cache(), use_cache=True)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("forward", ["causal_lm", "base"])
+def test_unknown_keyword_arguments_are_refused_not_swallowed(forward):
+    model = tiny_model("ngen4-tiny")
+    target = model if forward == "causal_lm" else model.model
+    x = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(TypeError, match="cache_params"):
+        target(x, cache_params=None)
+    with pytest.raises(TypeError, match="head_mask"):
+        target(x, head_mask=torch.ones(2))
+    with pytest.raises(ValueError, match="attention weights"):
+        target(x, output_attentions=True)
+    with pytest.raises(ValueError, match="token_type_ids"):
+        target(x, token_type_ids=torch.ones_like(x))
+    target(x, token_type_ids=torch.zeros_like(x), output_attentions=False)  # one segment, no attentions: fine
+
+
+@pytest.mark.hf
+def test_hidden_states_and_tuple_outputs():
+    model = tiny_model("yatgpt-tiny")
+    randomise_parameters(model)
+    x = torch.randint(0, TINY_VOCAB, (2, 6))
+    out = model(x, output_hidden_states=True)
+    states = out.hidden_states
+    assert len(states) == model.config.num_hidden_layers + 1
+    assert all(s.shape == (2, 6, model.config.hidden_size) for s in states)
+    torch.testing.assert_close(model.compute_logits(states[-1]), out.logits)  # the last one is the final output
+    first_block_input = model.model.embedding_stage(model.model.embed_tokens(x), model_context(x))
+    assert not torch.equal(states[0], model.model.embed_tokens(x))  # yatgpt: embedding norm and smear come first
+    torch.testing.assert_close(states[0], first_block_input.float())
+    logits, = model(x, return_dict=False, use_cache=False)
+    torch.testing.assert_close(logits, out.logits)
+
+
+def model_context(ids):
+    from lmlab.nn.context import ForwardContext
+
+    return ForwardContext(position_ids=torch.arange(ids.shape[1])[None], rotation=None, key_padding_mask=None,
+                          cache=None, past_length=0, input_ids=ids)
+
+
+@pytest.mark.hf
+def test_num_items_in_batch_turns_the_mean_into_a_sum_over_the_accumulated_targets():
+    """transformers' Trainer passes the target count of all accumulated micro-batches; the loss is then the sum of
+    this batch's token losses divided by it, for both loss kinds."""
+    for loss in ("full", "chunked"):
+        model = tiny_model("ngen4-tiny", loss=loss)
+        x = torch.randint(0, TINY_VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+        labels = x.clone()
+        labels[0, :3] = -100
+        mean = model(x, labels=labels).loss
+        scored = int((labels[:, 1:] != -100).sum())
+        torch.testing.assert_close(model(x, labels=labels, num_items_in_batch=40).loss, mean * scored / 40)

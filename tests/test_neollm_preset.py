@@ -91,10 +91,10 @@ def test_cached_decoding_across_chunk_64_boundaries():
     x = torch.randint(0, TINY_VOCAB, (1, 140), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(x).logits
-        out = model(x[:, :70], use_cache=True)
-        pieces, cache = [out.logits], out.past_key_values
+        cache = model.new_cache()
+        pieces = [model(x[:, :70], cache=cache, use_cache=True).logits]
         for start, stop in [(70, 71), (71, 135), *[(i, i + 1) for i in range(135, 140)]]:
-            out = model(x[:, start:stop], past_key_values=cache, use_cache=True)
+            out = model(x[:, start:stop], cache=cache, use_cache=True)
             pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
 

@@ -113,10 +113,10 @@ def test_cached_decoding_equals_full_forward_at_long_lengths():
     x = torch.randint(0, TINY_VOCAB, (2, 600), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(x).logits
-        out = model(x[:, :250], use_cache=True)
-        pieces, cache = [out.logits], out.past_key_values
+        cache = model.new_cache()
+        pieces = [model(x[:, :250], cache=cache, use_cache=True).logits]
         for start, stop in [(250, 251), (251, 400), *[(i, i + 1) for i in range(400, 420)], (420, 600)]:
-            out = model(x[:, start:stop], past_key_values=cache, use_cache=True)
+            out = model(x[:, start:stop], cache=cache, use_cache=True)
             pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
 
@@ -154,6 +154,7 @@ def test_xpos_swaps_into_another_family_with_partial_rotary():
     x = torch.randint(0, TINY_VOCAB, (1, 50), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(x).logits
-        out = model(x[:, :30], use_cache=True)
-        step = model(x[:, 30:], past_key_values=out.past_key_values, use_cache=True).logits
+        cache = model.new_cache()
+        out = model(x[:, :30], cache=cache, use_cache=True)
+        step = model(x[:, 30:], cache=cache, use_cache=True).logits
     torch.testing.assert_close(torch.cat([out.logits, step], 1), full, atol=1e-5, rtol=1e-5)

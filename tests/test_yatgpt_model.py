@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_VOCAB, randomise_parameters, tiny_model
+from conftest import (
+    TINY_VOCAB,
+    assert_logits_close,
+    full_forward_logits,
+    hf_generate_logits,
+    random_path,
+    randomise_parameters,
+    tiny_model,
+)
 from lmlab import LMLabForCausalLM, count_parameters, get_preset, list_presets, preset_config
 from lmlab.cache import KVCache, SlidingKVCache
 from lmlab.cli import main
@@ -156,11 +164,10 @@ def decoding_model(seed=0, **overrides):
 
 def decode(model, ids, prefill):
     """Logits of ids fed as the given prefill chunks, then one token at a time."""
-    pieces, cache, start = [], None, 0
+    pieces, cache, start = [], model.new_cache(), 0
     for stop in [*prefill, *range(prefill[-1] + 1, ids.shape[1] + 1)]:
-        out = model(ids[:, start:stop], past_key_values=cache, use_cache=True)
-        pieces.append(out.logits)
-        cache, start = out.past_key_values, stop
+        pieces.append(model(ids[:, start:stop], cache=cache, use_cache=True).logits)
+        start = stop
     return torch.cat(pieces, dim=1), cache
 
 
@@ -187,11 +194,11 @@ def test_caching_the_post_smear_embedding_would_be_caught():
     model = decoding_model()
     ids = torch.randint(0, TINY_VOCAB, (1, 12), generator=torch.Generator().manual_seed(2))
     full = model(ids).logits
-    out = model(ids[:, :11], use_cache=True)
-    cache = out.past_key_values
+    cache = model.new_cache()
+    model(ids[:, :11], cache=cache, use_cache=True)
     smeared = model.model.embedding_stage(model.model.embed_tokens(ids[:, :11]), model_context(model, ids[:, :11]))
     cache.model_state[Smear.STATE_KEY] = smeared[:, -1:]
-    buggy = model(ids[:, 11:], past_key_values=cache, use_cache=True).logits
+    buggy = model(ids[:, 11:], cache=cache, use_cache=True).logits
     assert (buggy[:, -1] - full[:, -1]).abs().max().item() > 1e-3
 
 
@@ -205,24 +212,26 @@ def model_context(model, ids):
 
 def test_unwindowed_layers_keep_a_growing_cache():
     model = tiny_model("yatgpt-tiny", window_pattern=None, window_long=None)
-    out = model(torch.randint(0, TINY_VOCAB, (1, 5)), use_cache=True)
-    assert all(type(state) is KVCache for state in out.past_key_values.layers)
+    cache = model.new_cache()
+    model(torch.randint(0, TINY_VOCAB, (1, 5)), cache=cache, use_cache=True)
+    assert all(type(state) is KVCache for state in cache.layers)
 
 
-def test_generate_with_cache_equals_without_past_the_windows():
+@pytest.mark.hf
+def test_transformers_generate_with_the_cache_equals_recomputation_past_the_windows():
     model = decoding_model()
-    prompt = torch.randint(0, TINY_VOCAB, (2, 10), generator=torch.Generator().manual_seed(3))
-    kwargs = dict(max_new_tokens=60, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    assert torch.equal(model.generate(prompt, use_cache=True, **kwargs), model.generate(prompt, use_cache=False,
-                                                                                       **kwargs))
+    prompts = torch.randint(0, TINY_VOCAB, (2, 10), generator=torch.Generator().manual_seed(3)).tolist()
+    path = random_path(2, 60, seed=4)
+    assert_logits_close(hf_generate_logits(model, prompts, path), full_forward_logits(model, prompts, path))
 
 
 def test_cache_batch_operations_carry_the_smear_state():
     model = decoding_model()
     ids = torch.randint(0, TINY_VOCAB, (2, 30), generator=torch.Generator().manual_seed(4))
-    cache = model(ids[:, :25], use_cache=True).past_key_values
+    cache = model.new_cache()
+    model(ids[:, :25], cache=cache, use_cache=True)
     cache.reorder_cache(torch.tensor([1, 0]))
-    swapped = model(ids[[1, 0], 25:], past_key_values=cache, use_cache=True).logits
+    swapped = model(ids[[1, 0], 25:], cache=cache, use_cache=True).logits
     torch.testing.assert_close(swapped, model(ids[[1, 0]]).logits[:, 25:], atol=1e-5, rtol=1e-5)
 
 

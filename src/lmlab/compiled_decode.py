@@ -37,7 +37,7 @@ def weights_fingerprint(model: torch.nn.Module) -> tuple:
 
 
 class CompiledDecodeStep:
-    """`step(input_ids, past_key_values=cache, use_cache=True, ...)`: the model's forward, compiled.
+    """`step(input_ids, cache=cache, use_cache=True, ...)`: the model's forward, compiled.
 
     Get it from `compiled_decode_step(model)` before each generation: that is where changed weights are noticed
     (fingerprinting costs a walk over every tensor, too slow to do per token)."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from lmlab.layer_pattern import VALUE_EMBED_RULES, WINDOW_CHARACTERS, has_value_embed, pattern_window
+from lmlab.remote_code import AUTO_MAP, write_remote_code
 
 
 class ConfigError(ValueError):
@@ -52,7 +54,7 @@ class LMLabConfig(PreTrainedConfig):
     """
 
     model_type = "lmlab"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the name since / before transformers 5.24
 
     preset: str | None = None
 
@@ -161,6 +163,19 @@ class LMLabConfig(PreTrainedConfig):
             self.rope_scaling = _normalised_rope_scaling(self.rope_scaling, self)
         super().__post_init__(**kwargs)
         self.check()
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """config.json with `auto_map`, beside `modeling_lmlab.py` (lmlab.remote_code): the directory loads with
+        `trust_remote_code=True` where lmlab is installed but not imported."""
+        self.auto_map = dict(AUTO_MAP)
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        write_remote_code(save_directory)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoConfig"):
+        """Disabled: lmlab classes travel as `modeling_lmlab.py` (lmlab.remote_code), not as copied sources."""
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.data.tokenizers import TokenizerError, load_tokenizer
+from lmlab.data.tokenizers import TokenizerError, load_tokenizer, save_tokenizer
 from lmlab.lora import LoraSettings, adapter_parameter_count, apply_lora, load_lora, load_merged, lora_config
 from lmlab.model import LMLabForCausalLM, count_parameters
 from lmlab.overrides import apply_overrides
@@ -90,7 +90,7 @@ def write_base(config, run_dir: Path, env: dist_utils.Environment, log) -> None:
         target, temporary = run_dir / BASE_DIR, run_dir / f".tmp-{BASE_DIR}"
         shutil.rmtree(temporary, ignore_errors=True)
         model.save_pretrained(temporary)
-        tokenizer.save_pretrained(temporary)
+        save_tokenizer(tokenizer, temporary, model.config.max_position_embeddings or config.seq_len)
         shutil.rmtree(target, ignore_errors=True)
         temporary.rename(target)
     dist_utils.barrier(env)

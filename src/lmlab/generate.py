@@ -1,8 +1,8 @@
 """Generation for any lmlab model: prefill, then incremental decoding with the model's own cache.
 
-The engine only needs the model's forward (`past_key_values`, `use_cache`, `attention_mask` over past + current
-tokens, `position_ids`, `logits_to_keep`), so every architecture decodes through it with whatever state its layers
-keep (KV, sliding window, N4's key sum, recurrent and convolution states, smear's previous embedding).
+The engine only needs the model's `new_cache()` and forward (`cache`, `use_cache`, `attention_mask` over past +
+current tokens, `position_ids`, `logits_to_keep`), so every architecture decodes through it with whatever state its
+layers keep (KV, sliding window, N4's key sum, recurrent and convolution states, smear's previous embedding).
 
 A batch of prompts of different lengths is left-padded: the mask marks the padding, and positions count real tokens
 only, so each row decodes exactly as it would alone. Each step feeds one token per row; rows that finish (a stop
@@ -69,7 +69,10 @@ class BatchDecoder:
     """Decodes a batch of token prompts; iterate `steps()` and call `finish(row)` to stop a row early."""
 
     def __init__(self, model, prompts: list[list[int]], options: SamplingOptions, *, use_cache: bool = True,
-                 stop_token_ids: set[int] | None = None, compile: bool = False):
+                 stop_token_ids: set[int] | None = None, compile: bool = False, sampler: Sampler | None = None):
+        """`sampler` chooses each step's tokens from the logits (B, V) (default: `Sampler(options, ...)`); any
+        object with `__call__(logits) -> tokens (B,)` and `keep_rows(index)` will do (constrained or forced
+        decoding)."""
         if not prompts:
             raise ValueError("no prompts given")
         if compile and not use_cache:
@@ -90,6 +93,7 @@ class BatchDecoder:
             raise ValueError(f"prompt {longest} has {width} tokens but the model's context is {self.limit} tokens "
                              "(max_position_embeddings); shorten the prompt")
         self.prompts = prompts
+        self.sampler = sampler
         self.generated: list[list[int]] = [[] for _ in prompts]
         self.finish_reason: list[str | None] = [None] * len(prompts)
 
@@ -126,10 +130,10 @@ class BatchDecoder:
                 ids[row, width - len(prompt):width] = torch.tensor(prompt, dtype=torch.long)
                 mask[row, width - len(prompt):] = 1
             positions = mask[:, :width].sum(-1, keepdim=True)  # position of each row's next token
-            sampler = Sampler(options, model.config.vocab_size, self.prompts, device)
-            out = model(ids[:, :width], attention_mask=mask[:, :width] if padded else None,
+            sampler = self.sampler or Sampler(options, model.config.vocab_size, self.prompts, device)
+            cache = model.new_cache() if self.use_cache else None
+            out = model(ids[:, :width], attention_mask=mask[:, :width] if padded else None, cache=cache,
                         use_cache=self.use_cache, logits_to_keep=1)
-            cache = out.past_key_values if self.use_cache else None
         decode_step = model
         if self.compile:
             # the compiled step cannot check its positions: the last one it will see is checked now
@@ -172,8 +176,7 @@ class BatchDecoder:
                 current_mask = mask[:, :length] if padded else None
                 if cache is not None:
                     out = decode_step(tokens[:, None], attention_mask=current_mask,
-                                      position_ids=positions if padded else None, past_key_values=cache,
-                                      use_cache=True)
+                                      position_ids=positions if padded else None, cache=cache, use_cache=True)
                 else:
                     out = model(ids[:, :length], attention_mask=current_mask, use_cache=False, logits_to_keep=1)
                 positions = positions + 1

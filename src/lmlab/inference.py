@@ -39,11 +39,16 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
+    from lmlab.data.tokenizers import UNBOUNDED_LENGTH
+
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"no usable tokenizer in {model_dir} ({err}); a model directory holds its "
                                 "tokenizer: save it there with tokenizer.save_pretrained(dir)") from err
+    # lmlab's evaluation windows texts itself: the saved model_max_length must not warn about long files
+    tokenizer.model_max_length = UNBOUNDED_LENGTH
+    return tokenizer
 
 
 def load_model(path: str | Path, device: str = "auto", dtype: str = "auto"):

@@ -48,6 +48,7 @@ from torch import nn
 
 from lmlab.config import LMLabConfig
 from lmlab.model import LMLabForCausalLM
+from lmlab.remote_code import write_remote_code
 from lmlab.run_layout import CHECKPOINTS, LATEST, MODEL_CONFIG, resolve_model_dir
 
 ADAPTER_DIR = "adapter"  # where a training checkpoint keeps its LoRA adapters
@@ -204,6 +205,7 @@ def save_lora_checkpoint(model: PeftModel, folder: str | Path, base_dir: str | P
                          "model directory")
     save_lora(model, folder)
     shutil.copy2(base_dir / MODEL_CONFIG, folder / MODEL_CONFIG)
+    write_remote_code(folder)  # the config's auto_map names it
     for weights in weight_files(base_dir):
         (folder / weights.name).symlink_to(os.path.relpath(weights.resolve(), folder.resolve()))
     return folder

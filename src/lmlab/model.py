@@ -19,11 +19,17 @@ from transformers.utils import logging
 
 from lmlab.cache import LMLabCache
 from lmlab.config import LMLabConfig
+from lmlab.hf_compat import CACHE_FIELD, one_cache
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.embedding_stage import EmbeddingStage
 from lmlab.nn.init import embedding, initialise, linear
-from lmlab.nn.loss import mask_ignored_targets, shifted_cross_entropy, shifted_linear_cross_entropy
+from lmlab.nn.loss import (
+    IGNORE_INDEX,
+    mask_ignored_targets,
+    shifted_cross_entropy,
+    shifted_linear_cross_entropy,
+)
 from lmlab.nn.norms import build_norm
 from lmlab.nn.residual_stream import ResidualStream
 from lmlab.registry import BLOCKS, POSITIONS
@@ -46,6 +52,10 @@ class LMLabPreTrainedModel(PreTrainedModel):
             initialise(module, self.config)
         elif isinstance(module, Component):
             module.reset_parameters()
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel"):
+        """Disabled: lmlab classes travel as `modeling_lmlab.py` (lmlab.remote_code), not as copied sources."""
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -77,6 +87,24 @@ def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, 
     return positions.clamp(min=0)[:, -length:]
 
 
+def check_call_options(output_attentions: bool | None, token_type_ids: torch.Tensor | None) -> None:
+    """Refuse the forward options transformers' plumbing may pass that an lmlab model cannot honour."""
+    if output_attentions:
+        raise ValueError("lmlab models do not return attention weights (output_attentions=True): not every token "
+                         "mixer has them; register a forward hook on the attention modules to inspect them")
+    if token_type_ids is not None and bool((token_type_ids != 0).any()):
+        raise ValueError("token_type_ids other than 0: lmlab models have no segment embeddings, so they would be "
+                         "ignored; drop them (tokenizer(..., return_token_type_ids=False))")
+
+
+def scale_loss_to_item_count(loss: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+    """Turn a mean over this batch's scored targets into their sum divided by `num_items_in_batch` (the count over
+    all of a step's accumulated micro-batches, as transformers' Trainer passes it), so accumulation weighs every
+    target equally."""
+    scored = (labels[:, 1:] != IGNORE_INDEX).sum()
+    return loss * (scored.to(loss.dtype) / torch.as_tensor(num_items_in_batch, device=loss.device, dtype=loss.dtype))
+
+
 class LMLabModel(LMLabPreTrainedModel):
     """Embedding, decoder blocks and final norm; returns hidden states."""
 
@@ -98,6 +126,10 @@ class LMLabModel(LMLabPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    def new_cache(self) -> LMLabCache:
+        """An empty decoding cache: pass it as `cache=` with `use_cache=True`; each forward extends it in place."""
+        return LMLabCache(self.config.num_hidden_layers)
+
     def check_positions_up_to(self, last: int) -> None:
         """Raise now if position `last` is beyond what the position encoding holds in this model's dtype (XPOS key
         scales). An eager forward checks its own positions; a compiled one cannot read them without splitting its
@@ -107,9 +139,18 @@ class LMLabModel(LMLabPreTrainedModel):
             rotation.check_dtype(self.dtype)
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: LMLabCache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: LMLabCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                **kwargs) -> BaseModelOutputWithPast:
+                output_hidden_states: bool | None = None, return_dict: bool | None = None, *,
+                past_key_values: LMLabCache | None = None, output_attentions: bool | None = None,
+                token_type_ids: torch.Tensor | None = None) -> BaseModelOutputWithPast | tuple:
+        """Hidden states of the tokens (B, T, d). `cache` (or `past_key_values`, its name before transformers 5.24)
+        is an `LMLabCache` that the forward extends in place when `use_cache`; without one, `use_cache` starts a new
+        one. `attention_mask` (B, past + T) marks real tokens (left padding). `output_hidden_states` adds the
+        stream entering each block and the final (normed) output. There is no `**kwargs`: an argument this model
+        cannot honour is a TypeError, never silently dropped."""
+        check_call_options(output_attentions, token_type_ids)
+        cache = one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         if use_cache is None:
@@ -117,12 +158,11 @@ class LMLabModel(LMLabPreTrainedModel):
         if self.training and use_cache and any(block.gradient_checkpointing for block in self.layers):
             logger.warning_once("use_cache=True is incompatible with gradient checkpointing; using use_cache=False")
             use_cache = False
-        if use_cache and not isinstance(past_key_values, LMLabCache):
-            if past_key_values is not None and past_key_values.get_seq_length() > 0:
-                raise TypeError("lmlab models keep their own LMLabCache; got a filled "
-                                f"{type(past_key_values).__name__}")
-            past_key_values = LMLabCache(self.config.num_hidden_layers)
-        cache = past_key_values if use_cache else None
+        if use_cache and not isinstance(cache, LMLabCache):
+            if cache is not None and cache.get_seq_length() > 0:
+                raise TypeError(f"lmlab models keep their own LMLabCache; got a filled {type(cache).__name__}")
+            cache = self.new_cache()
+        cache = cache if use_cache else None
         past_length = cache.get_seq_length() if cache is not None else 0
 
         if input_ids is not None:
@@ -154,18 +194,24 @@ class LMLabModel(LMLabPreTrainedModel):
                              key_padding_mask=key_padding, cache=cache, past_length=past_length,
                              input_ids=input_ids)
         x = self.embedding_dropout(self.embedding_stage(inputs_embeds, ctx))
-        x = self.residual_stream(x, self.layers, ctx)
+        hidden_states = [] if output_hidden_states else None
+        x = self.residual_stream(x, self.layers, ctx, hidden_states)
         if self.norm is not None:
             x = self.norm(x)
+        if hidden_states is not None:
+            hidden_states.append(x)
         if cache is not None:
             cache.seen_tokens = total
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache)
+        output = BaseModelOutputWithPast(last_hidden_state=x, hidden_states=None if hidden_states is None
+                                         else tuple(hidden_states), **{CACHE_FIELD: cache})
+        return output if return_dict is not False else output.to_tuple()
 
 
 class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
     """LMLabModel plus the language-model head and the shifted cross-entropy loss."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    accepts_loss_kwargs = True  # the Trainer passes num_items_in_batch, which forward honours
 
     def __init__(self, config: LMLabConfig):
         super().__init__(config)
@@ -185,38 +231,53 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def new_cache(self) -> LMLabCache:
+        """An empty decoding cache (see `LMLabModel.new_cache`)."""
+        return self.model.new_cache()
+
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: LMLabCache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: LMLabCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+                use_cache: bool | None = None, logits_to_keep: int = 0, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, *, past_key_values: LMLabCache | None = None,
+                output_attentions: bool | None = None, token_type_ids: torch.Tensor | None = None,
+                num_items_in_batch: int | torch.Tensor | None = None) -> CausalLMOutputWithPast | tuple:
         """`labels` are the input ids with padding set to −100; the model shifts them (targets equal to
-        `config.loss_ignore_token_id` are not scored either). `logits_to_keep = k` computes logits for the last k
-        positions only (0 = all).
+        `config.loss_ignore_token_id` are not scored either). The loss is their mean, or, with
+        `num_items_in_batch` (transformers' Trainer under gradient accumulation), their sum divided by it.
+        `logits_to_keep = k` computes logits for the last k positions only (0 = all).
 
         With `config.loss = "chunked"` and labels, the loss comes from the hidden states without materialising the
-        logits, and `logits` is None unless `logits_to_keep = k` asks for the last k positions'."""
+        logits, and `logits` is None unless `logits_to_keep = k` asks for the last k positions'.
+
+        The cache and the other arguments are `LMLabModel.forward`'s; unknown arguments are a TypeError."""
         if labels is not None and use_cache is None:
             use_cache = False
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
+                             cache=one_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
+                             use_cache=use_cache, output_hidden_states=output_hidden_states,
+                             output_attentions=output_attentions, token_type_ids=token_type_ids)
         hidden = outputs.last_hidden_state
+        loss = logits = None
         if labels is not None:
             labels = mask_ignored_targets(labels, self.config.loss_ignore_token_id)
         if labels is not None and self.config.loss == "chunked":
             loss = shifted_linear_cross_entropy(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
                                                 softcap=self.config.logit_softcap)
-            logits = self.compute_logits(hidden[:, -logits_to_keep:]) if logits_to_keep else None
-            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.compute_logits(hidden)
-        loss = None
-        if labels is not None:
             if logits_to_keep:
+                logits = self.compute_logits(hidden[:, -logits_to_keep:])
+        else:
+            if labels is not None and logits_to_keep:
                 raise ValueError("labels need logits for every position; do not combine them with logits_to_keep "
                                  "(or use loss='chunked', which needs no logits for the loss)")
-            loss = shifted_cross_entropy(logits, labels)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+            logits = self.compute_logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+            if labels is not None:
+                loss = shifted_cross_entropy(logits, labels)
+        if loss is not None and num_items_in_batch is not None:
+            loss = scale_loss_to_item_count(loss, labels, num_items_in_batch)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+        return output if return_dict is not False else output.to_tuple()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits of hidden states (B, T, d), soft-capped when the config asks."""

@@ -147,6 +147,8 @@ def pretrained_tokenizer(name: str) -> PreTrainedTokenizerFast:
     except Exception as err:  # hub, file-system and format errors have many types
         raise TokenizerError(f"unknown tokenizer {name!r}: it is not one of {list(BUILTIN_TOKENIZERS)}, not a "
                              f"tokenizer folder, and loading it from the Hugging Face hub failed ({err})") from err
+    # lmlab cuts token streams into windows itself: a saved model_max_length must not warn about long documents
+    tokenizer.model_max_length = UNBOUNDED_LENGTH
     if not tokenizer.is_fast:
         raise TokenizerError(f"{name!r} loads as a slow (Python) tokenizer; lmlab needs a fast one "
                              "(a tokenizer.json, or a format transformers converts)")
@@ -185,6 +187,20 @@ def load_tokenizer(spec: str, documents=None, cache_dir: Path | None = None,
     return pretrained_tokenizer(spec)
 
 
+UNBOUNDED_LENGTH = int(1e30)  # transformers' "no maximum" model_max_length
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path, context: int | None) -> None:
+    """`tokenizer.save_pretrained(directory)` with `model_max_length` = the model's context (transformers' default
+    means unbounded; pipelines and lm-eval read it). The tokenizer object itself is left as it was."""
+    tokenizer.save_pretrained(directory)
+    if context is not None:
+        config_file = Path(directory) / "tokenizer_config.json"
+        values = json.loads(config_file.read_text(encoding="utf-8"))
+        values["model_max_length"] = int(context)
+        config_file.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     """Changes whenever the token ids of some text could change (the whole tokenizer.json, and the EOS id)."""
     payload = json.dumps([tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id])
@@ -199,5 +215,5 @@ def atomic_write_text(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
-__all__ = ["BUILTIN_TOKENIZERS", "TokenizerError", "atomic_write_text", "bytes_tokenizer", "load_tokenizer",
-           "tokenizer_fingerprint", "train_bpe"]
+__all__ = ["BUILTIN_TOKENIZERS", "UNBOUNDED_LENGTH", "TokenizerError", "atomic_write_text", "bytes_tokenizer",
+           "load_tokenizer", "save_tokenizer", "tokenizer_fingerprint", "train_bpe"]

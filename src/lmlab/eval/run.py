@@ -8,6 +8,7 @@ Task specs (`--tasks`, comma-separated):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -59,15 +60,44 @@ def parse_task_specs(specs: list[str]) -> TaskSpecs:
     return parsed
 
 
+def lmlab_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lmlab")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        import lmlab
+
+        return lmlab.__version__
+
+
+@contextlib.contextmanager
+def no_git_probe():
+    """lm-eval records `git describe` of the working directory and lets git print "fatal: not a git repository"
+    outside one; lmlab's report records lmlab's version instead, so the probe is skipped."""
+    import lm_eval.evaluator
+
+    probe = getattr(lm_eval.evaluator, "get_git_commit_hash", None)
+    if probe is None:
+        yield
+        return
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = probe
+
+
 def run_harness(lm, catalog, names: list[str], num_fewshot: int | None, limit: float | None,
                 bootstrap_iters: int, log_samples: bool = False) -> dict:
     import lm_eval
 
     catalog.check(names)
     try:
-        results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
-                                          task_manager=catalog.manager, bootstrap_iters=bootstrap_iters,
-                                          log_samples=log_samples)
+        with no_git_probe():
+            results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
+                                              task_manager=catalog.manager, bootstrap_iters=bootstrap_iters,
+                                              log_samples=log_samples)
     except FileNotFoundError as err:
         raise FileNotFoundError(catalog.missing_data_message(err)) from err
     except AssertionError as err:  # lm-eval asserts that a few-shot pool is large enough
@@ -92,7 +122,8 @@ def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot: int | None = No
 
     specs = parse_task_specs(tasks)
     report: dict = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "source": source,
-                    "context_length": context_length(model.config, max_length), "date": time.strftime("%F %T")}
+                    "context_length": context_length(model.config, max_length), "date": time.strftime("%F %T"),
+                    "lmlab_version": lmlab_version()}
     if specs.harness:
         require_lm_eval()
         from lmlab.eval.harness import LMLabLM

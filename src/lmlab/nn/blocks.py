@@ -10,7 +10,8 @@ around them; `block` in the config picks how they meet the residual stream:
 Options of every wiring: each pre-norm output × 1/sqrt(l) (`layernorm_scaling`), a FAN layer in front of the mixer
 (layer spec `fan`), GPAS after each residual add (`gpas`); see nn/residual_scaling.py and nn/fan.py.
 
-Blocks are gradient-checkpointing layers: `model.gradient_checkpointing_enable()` recomputes them in backward.
+Blocks are gradient-checkpointing layers: `model.activation_checkpointing_enable()` (before transformers 5.23:
+`gradient_checkpointing_enable()`) recomputes them in backward.
 """
 
 from __future__ import annotations

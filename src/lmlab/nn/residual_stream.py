@@ -51,9 +51,14 @@ class ResidualStream(Component):
         if self.backout_lambda is not None:
             init.constant_(self.backout_lambda, BACKOUT_LAMBDA_INIT)
 
-    def forward(self, x: torch.Tensor, blocks: nn.ModuleList, ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, blocks: nn.ModuleList, ctx: ForwardContext,
+                hidden_states: list | None = None) -> torch.Tensor:
+        """The stream after the last block; `hidden_states`, when given, receives the stream before each block (the
+        embedding output first), as transformers' `output_hidden_states` does."""
         x0, mid = x, None
         for i, block in enumerate(blocks):
+            if hidden_states is not None:
+                hidden_states.append(x)
             if self.resid_lambdas is not None:
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             x = block(x, ctx=ctx)

@@ -37,6 +37,8 @@ from lmlab.data import (
     split_tokens,
 )
 from lmlab.data.token_cache import cache_key
+from lmlab.data.tokenizers import save_tokenizer
+from lmlab.hf_compat import enable_activation_checkpointing
 from lmlab.model import LMLabForCausalLM, count_parameters
 from lmlab.overrides import apply_overrides, model_wide_value
 from lmlab.presets import get_preset, preset_config
@@ -183,21 +185,18 @@ class Validator:
 
 
 def sample_text(model, tokenizer, prompt_ids: list[int], config: TrainConfig, device: torch.device) -> str:
-    """A text sample from `model.generate()` (top-k 50, temperature 0.8) with its own seeded RNG, so sampling
-    never changes the training run's random stream."""
+    """A text sample from lmlab's generation engine (top-k 50, temperature 0.8, stopping at end-of-sequence) with
+    its own seeded generator, so sampling never changes the training run's random stream."""
+    from lmlab.generate import Generator
+    from lmlab.sampling import SamplingOptions
+
     model = dist_utils.unwrap(model)
     limit = model.config.max_position_embeddings
     new_tokens = config.sample_tokens if limit is None else min(config.sample_tokens, limit - len(prompt_ids))
-    prompt = torch.tensor([prompt_ids], device=device)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(config.seed)
-        model.eval()
-        with autocast_context(config, device):
-            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max(new_tokens, 1),
-                                 do_sample=True, top_k=50, temperature=0.8, pad_token_id=tokenizer.pad_token_id)
-        model.train()
-    return tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
+    options = SamplingOptions(max_new_tokens=max(new_tokens, 1), temperature=0.8, top_k=50, seed=config.seed)
+    with autocast_context(config, device):
+        completion = Generator(model, tokenizer).generate_ids([prompt_ids], options)[0]
+    return tokenizer.decode(prompt_ids, skip_special_tokens=True) + completion.text
 
 
 def _sample_prompt(config: TrainConfig, tokenizer, data: Data) -> list[int]:
@@ -281,7 +280,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, env: dist_utils.Env
         f"tokens; {env.world_size} process(es) on {env.device.type}")
 
     if config.grad_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_activation_checkpointing(model)
     model.to(env.device)
     raw_model = model
     model = dist_utils.wrap(model, env, config.distributed)
@@ -324,7 +323,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, env: dist_utils.Env
                     save_lora_checkpoint(raw_model, folder, run_dir / BASE_DIR)
                 else:
                     raw_model.save_pretrained(folder, state_dict=model_state)
-                tokenizer.save_pretrained(folder)
+                save_tokenizer(tokenizer, folder, raw_model.config.max_position_embeddings or config.seq_len)
 
             trainer_state = {"step": at_step, "samples_seen": samples_seen, "optimizers": optimizer_states,
                              "schedulers": [s.state_dict() for s in schedulers], "scaler": scaler.state_dict(),
