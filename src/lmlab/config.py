@@ -16,12 +16,9 @@ from pathlib import Path
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from lmlab.errors import ConfigError
 from lmlab.layer_pattern import VALUE_EMBED_RULES, WINDOW_CHARACTERS, has_value_embed, pattern_window
 from lmlab.remote_code import AUTO_MAP, write_remote_code
-
-
-class ConfigError(ValueError):
-    """A config that cannot describe a working model; the message names the field and the fix."""
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,9 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 from lmlab.config import LAYER_FIELDS, LMLabConfig
+from lmlab.errors import OverrideError
 
 LAYER_SUFFIX = "@layers:"
-
-
-class OverrideError(ValueError):
-    """An override that cannot apply; the message names it and the fix."""
 
 
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict, "list": list,

@@ -11,11 +11,9 @@ import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from lmlab.errors import UnknownNameError
+
 T = TypeVar("T")
-
-
-class UnknownNameError(ValueError):
-    """A name that is not in a registry (component, preset, tokenizer, ...)."""
 
 
 def unknown_name_message(kind: str, name: object, valid: list[str]) -> str:

@@ -24,16 +24,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lmlab.errors import VariantError
 from lmlab.overrides import OverrideError, normalize_overrides, read_yaml
 from lmlab.presets import get_preset
 
 # per-variant training options a variants file may set (everything else is shared by every variant)
 VARIANT_TRAIN_KEYS = ("lr", "optimizer_name", "schedule_name", "warmup_steps", "grad_clip")
 _OPENING, _CLOSING = "[{(", "]})"
-
-
-class VariantError(ValueError):
-    """A variant that cannot be read; the message names it and shows the syntax."""
 
 
 @dataclass

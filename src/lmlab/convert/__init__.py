@@ -11,15 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmlab.errors import CheckpointMismatchError
 from lmlab.registry import Registry
 
 CONVERTERS: Registry = Registry("converter")
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose tensors do not match the model exactly."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -32,14 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from lmlab.errors import DataError
+
 STDLIB = "stdlib"
 HF_PREFIX = "hf:"
 DEFAULT_TEXT_FIELD = "text"
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__"})
-
-
-class DataError(ValueError):
-    """Training data that cannot be read as asked; the message names the source and the fix."""
 
 
 def _digest(*parts) -> str:

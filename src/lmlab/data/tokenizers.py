@@ -31,6 +31,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from lmlab.errors import TokenizerError
+
 BUILTIN_TOKENIZERS = ("bytes", "bpe:N", "gpt2", "mistral-v1", "mistral-v3", "qwen")
 ENDOFTEXT = "<|endoftext|>"
 BYTES_EOS = "\x00"
@@ -44,10 +46,6 @@ QWEN_SPECIALS = (
 )
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
                 r"|\s+(?!\S)|\s+")
-
-
-class TokenizerError(ValueError):
-    """A tokenizer that cannot be built or loaded; the message names the spec and the fix."""
 
 
 def _package_file(package: str, *parts: str, install: str) -> Path:

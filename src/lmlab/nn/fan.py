@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.nn.component import Component
 from lmlab.nn.init import linear
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.nn.attention import SoftmaxAttention
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.norms import build_norm

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.delta_rule import gated_delta_rule

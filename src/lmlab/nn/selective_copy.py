@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmlab.cache import KVCache
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.nn.attention import attention_backend, causal_attention
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from lmlab.config import ConfigError
+from lmlab.errors import ConfigError
 from lmlab.nn.position import RotaryEmbedding, Rotation
 from lmlab.registry import POSITIONS
 

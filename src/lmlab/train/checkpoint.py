@@ -21,15 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmlab.errors import CheckpointMismatch
 from lmlab.run_layout import CHECKPOINTS, LATEST, checkpoint_name
 
 TRAIN_CONFIG = "train_config.json"
 TRAINER_STATE = "trainer_state.pt"
 TEMPORARY_PREFIX = ".tmp-"
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint written by a run of a different configuration."""
 
 
 def rng_state() -> dict:

@@ -38,6 +38,7 @@ from lmlab.data import (
 )
 from lmlab.data.token_cache import cache_key
 from lmlab.data.tokenizers import save_tokenizer
+from lmlab.errors import TrainingDiverged
 from lmlab.hf_compat import enable_activation_checkpointing
 from lmlab.model import LMLabForCausalLM, count_parameters
 from lmlab.overrides import apply_overrides, model_wide_value
@@ -60,10 +61,6 @@ from lmlab.train.optim import build_optimizers
 from lmlab.train.schedules import build_schedule, lr_schedulers
 
 SAMPLE_FILE = "samples.txt"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
