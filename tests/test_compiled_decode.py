@@ -49,9 +49,9 @@ def test_compiled_decoding_checks_its_positions_before_it_starts():
     """The compiled step cannot read its positions; XPOS key scales beyond fp32's safe range must still be refused,
     as an eager forward refuses them."""
     model = windowed("nyx-tiny", 8)
-    model.model.check_positions_up_to(1000)
+    model.check_positions_up_to(1000)
     with pytest.raises(ValueError, match="XPOS key scale"):
-        model.model.check_positions_up_to(10**6)
+        model.check_positions_up_to(10**6)
     with pytest.raises(ValueError, match="XPOS key scale"):
         generate_tokens(model, [[1, 2, 3]], SamplingOptions(max_new_tokens=10**6, **GREEDY), compile=True)
 

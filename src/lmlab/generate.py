@@ -137,7 +137,7 @@ class BatchDecoder:
         decode_step = model
         if self.compile:
             # the compiled step cannot check its positions: the last one it will see is checked now
-            model.model.check_positions_up_to(width + max(options.max_new_tokens - 2, -1))
+            model.check_positions_up_to(width + max(options.max_new_tokens - 2, -1))
             cache.reserve(width + options.max_new_tokens)  # no buffer grows inside the compiled step
             decode_step = compiled_decode_step(model)
         for step in range(options.max_new_tokens):

@@ -131,12 +131,10 @@ class LMLabModel(LMLabPreTrainedModel):
         return LMLabCache(self.config.num_hidden_layers)
 
     def check_positions_up_to(self, last: int) -> None:
-        """Raise now if position `last` is beyond what the position encoding holds in this model's dtype (XPOS key
-        scales). An eager forward checks its own positions; a compiled one cannot read them without splitting its
-        graph, so compiled decoding checks its last position before it starts."""
-        rotation = self.position(torch.tensor([[last]], device=self.embed_tokens.weight.device))
-        if hasattr(rotation, "check_dtype"):
-            rotation.check_dtype(self.dtype)
+        """Raise now if position `last` is beyond what the position encoding holds in this model's dtype. An eager
+        forward checks its own positions; a compiled one cannot read them without splitting its graph, so compiled
+        decoding asks before it starts."""
+        self.position.check_positions(last, self.dtype)
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: LMLabCache | None = None,
@@ -234,6 +232,10 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
     def new_cache(self) -> LMLabCache:
         """An empty decoding cache (see `LMLabModel.new_cache`)."""
         return self.model.new_cache()
+
+    def check_positions_up_to(self, last: int) -> None:
+        """See `LMLabModel.check_positions_up_to`."""
+        self.model.check_positions_up_to(last)
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: LMLabCache | None = None,

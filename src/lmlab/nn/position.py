@@ -82,7 +82,15 @@ def yarn_inv_freq(theta: float, rotary_dim: int, factor: float, original_length:
     return inv_freq / factor * ramp + inv_freq * (1 - ramp)
 
 
-class RotaryEmbedding(Component):
+class PositionEncoding(Component):
+    """A position encoding: position ids (B, T) in, a `Rotation` (or None) out. It owns its limits."""
+
+    def check_positions(self, last: int, dtype: torch.dtype) -> None:
+        """Raise if position `last` cannot be encoded for activations of `dtype` (an eager forward checks its own
+        positions; a compiled decoding step cannot read them, so the engine asks before it starts)."""
+
+
+class RotaryEmbedding(PositionEncoding):
     """Partial rotary position encoding with optional linear / dynamic-NTK / YaRN scaling."""
 
     def __init__(self, config):
@@ -128,7 +136,7 @@ class RotaryEmbedding(Component):
         return Rotation(angles.cos() * self.attention_factor, angles.sin() * (self.sign * self.attention_factor))
 
 
-class NoPosition(Component):
+class NoPosition(PositionEncoding):
     """NoPE: position information comes only from the causal mask (N4)."""
 
     def __init__(self, config):

@@ -38,6 +38,22 @@ def xpos_decay_bases(rotary_dim: int) -> torch.Tensor:
     return ((i + 0.4 * rotary_dim) / (1.4 * rotary_dim)).float()
 
 
+def largest_key_scale(distance_from_centre: int, scale_base: float) -> float:
+    """(1/ζ_0)^(distance / B): the largest key scale at that distance from the centre (inf beyond fp64's range)."""
+    log_scale = distance_from_centre / scale_base * -math.log(SMALLEST_DECAY_BASE)
+    return math.exp(log_scale) if log_scale < 700 else math.inf
+
+
+def check_key_scale(max_key_scale: float, distance_from_centre: int, dtype: torch.dtype) -> None:
+    """Refuse key scales beyond sqrt(max) of the activation dtype (q·k would overflow)."""
+    limit = math.sqrt(torch.finfo(dtype).max)
+    if max_key_scale > limit:
+        raise ValueError(
+            f"XPOS key scale reaches {max_key_scale:.3g} at {distance_from_centre} positions from the centre "
+            f"({XPOS_CENTRE}), beyond what {dtype} activations hold safely (limit {limit:.3g}); use shorter "
+            "sequences, bf16/fp32 instead of fp16, or a larger xpos_scale_base")
+
+
 class XPosRotation(Rotation):
     """RoPE tables for queries with XPOS scales folded in (cos·s, sin·s), and a second set for keys (cos/s, sin/s).
 
@@ -53,16 +69,8 @@ class XPosRotation(Rotation):
         self.distance_from_centre = distance_from_centre
 
     def keys(self, k: torch.Tensor) -> torch.Tensor:
-        self.check_dtype(k.dtype)
+        check_key_scale(self.max_key_scale, self.distance_from_centre, k.dtype)
         return self.key_rotation.keys(k)
-
-    def check_dtype(self, dtype: torch.dtype) -> None:
-        limit = math.sqrt(torch.finfo(dtype).max)
-        if self.max_key_scale > limit:
-            raise ValueError(
-                f"XPOS key scale reaches {self.max_key_scale:.3g} at {self.distance_from_centre} positions from the "
-                f"centre ({XPOS_CENTRE}), beyond what {dtype} activations hold safely (limit {limit:.3g}); use "
-                "shorter sequences, bf16/fp32 instead of fp16, or a larger xpos_scale_base")
 
 
 class XPosEmbedding(RotaryEmbedding):
@@ -92,12 +100,14 @@ class XPosEmbedding(RotaryEmbedding):
         scale = torch.exp(exponent * log_decay)
         scale = torch.cat((scale, scale), dim=-1)  # (B, 1, T, r)
         # shape-only (meta) runs have no positions to check; compiled ones check theirs up front
-        # (LMLabModel.check_positions_up_to): reading them here would split the graph
+        # (check_positions, asked by the engine): reading them here would split the graph
         unchecked = position_ids.is_meta or torch.compiler.is_compiling()
         furthest = 0 if unchecked else int((position_ids - XPOS_CENTRE).abs().max())
-        log_max_key_scale = furthest / self.scale_base * -math.log(SMALLEST_DECAY_BASE)
-        max_key_scale = math.exp(log_max_key_scale) if log_max_key_scale < 700 else math.inf  # fp64's range
-        return XPosRotation(rotation.cos, rotation.sin, scale, max_key_scale, furthest)
+        return XPosRotation(rotation.cos, rotation.sin, scale, largest_key_scale(furthest, self.scale_base), furthest)
+
+    def check_positions(self, last: int, dtype: torch.dtype) -> None:
+        furthest = abs(last - XPOS_CENTRE)
+        check_key_scale(largest_key_scale(furthest, self.scale_base), furthest, dtype)
 
 
 POSITIONS.register("xpos")(XPosEmbedding)
