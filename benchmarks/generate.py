@@ -11,9 +11,9 @@ greedy, end-of-sequence ignored, fresh random weights, at one of two sizes:
 
 Methods:
 
-- `cached`: lmlab.generate (prefill, then one token per step with the model's cache);
+- `cached`: lmlab.generation.engine (prefill, then one token per step with the model's cache);
 - `compiled`: the same with `compile=True` (the one-token step through torch.compile, weights frozen on CPU; see
-  lmlab.compiled_decode), timed after one untimed warm-up run that compiles it — `compile_s` is that run's time
+  lmlab.generation.compiled), timed after one untimed warm-up run that compiles it — `compile_s` is that run's time
   beyond a steady-state run: what a user pays once per model and process;
 - `recompute`: the same engine with use_cache=False (the whole sequence every step, logits of the last position
   only) — target: cached (compiled) ≥ 10× this;
@@ -43,8 +43,8 @@ import time
 import torch
 
 from lmlab import LMLabForCausalLM, list_presets, preset_config
-from lmlab.generate import generate_tokens
-from lmlab.sampling import SamplingOptions
+from lmlab.generation.engine import generate_tokens
+from lmlab.generation.sampling import SamplingOptions
 
 
 def generate_n4c(model, input_ids: torch.Tensor, max_new_tokens: int = 512, temperature: float = 0.7,

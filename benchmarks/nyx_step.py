@@ -20,7 +20,7 @@ import time
 import torch
 
 from lmlab import LMLabForCausalLM, preset_config
-from lmlab.lora import apply_lora
+from lmlab.train.lora import apply_lora
 
 
 def step_seconds(models: dict, ids: torch.Tensor, repeats: int) -> dict[str, float]:

@@ -92,8 +92,8 @@ class ForcedTokens:
 
 def engine_logits(model, prompts: list[list[int]], path: list[list[int]], **decoder_options) -> list[torch.Tensor]:
     """Per step, the logits (B, V) lmlab's engine computes while it is fed `path` after `prompts`."""
-    from lmlab.generate import BatchDecoder
-    from lmlab.sampling import SamplingOptions
+    from lmlab.generation.engine import BatchDecoder
+    from lmlab.generation.sampling import SamplingOptions
 
     forced = ForcedTokens(path)
     options = SamplingOptions(max_new_tokens=len(path[0]), temperature=0.0, stop_token_ids=())

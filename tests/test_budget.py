@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmlab.budget import chinchilla_tokens, steps_for_tokens
+from lmlab.train.budget import chinchilla_tokens, steps_for_tokens
 
 
 def test_chinchilla_steps_reproduce_the_yatgpt_cards():

@@ -33,6 +33,7 @@ from lmlab.nn.norms import DyT, LayerNorm
 from lmlab.overrides import apply_overrides
 from lmlab.presets import preset_config
 from lmlab.run_layout import resolve_model_dir
+from lmlab.train.distributed import Environment
 from lmlab.train.metrics import read_metrics
 
 SMALL = ["--set", "hidden_size=32", "--set", "intermediate_size=64", "--set", "num_attention_heads=2"]
@@ -135,7 +136,7 @@ def test_step_timing_is_positive_and_leaves_the_rng_alone():
     model_config = preset_config("ngen4-tiny", vocab_size=64, hidden_size=32, intermediate_size=64,
                                  num_attention_heads=2)
     before = torch.get_rng_state()
-    seconds = measure_step_seconds(config, model_config, torch.device("cpu"), warmup=1, timed=2)
+    seconds = measure_step_seconds(config, model_config, Environment(), warmup=1, timed=2)
     assert 0 < seconds < 10 and torch.equal(torch.get_rng_state(), before)
 
 
@@ -327,7 +328,7 @@ def test_impossible_comparisons_are_refused_before_training(corpus, tmp_path, ca
 def test_seconds_budget_times_each_variant_once_and_trains_fixed_steps(corpus, tmp_path, monkeypatch):
     timed = []
 
-    def fake_timing(config, model_config, device):
+    def fake_timing(config, model_config, env):
         timed.append(model_config.mlp)
         return {"gelu_new": 0.02, "asgg": 0.04}[model_config.mlp]
 

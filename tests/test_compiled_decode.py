@@ -13,8 +13,8 @@ from torch._dynamo.utils import counters
 
 from conftest import assert_logits_close, engine_logits, random_path, randomise_parameters
 from lmlab.cache import KVCache
-from lmlab.generate import Generator, generate_tokens
-from lmlab.sampling import SamplingOptions
+from lmlab.generation.engine import Generator, generate_tokens
+from lmlab.generation.sampling import SamplingOptions
 from test_generate import GREEDY, random_prompts, windowed
 
 pytestmark = pytest.mark.slow

@@ -268,8 +268,8 @@ def test_generate_until_stops_at_until_and_matches_the_engine(byte_model):
     from lm_eval.api.instance import Instance
 
     from lmlab.eval.harness import LMLabLM
-    from lmlab.generate import Generator
-    from lmlab.sampling import SamplingOptions
+    from lmlab.generation.engine import Generator
+    from lmlab.generation.sampling import SamplingOptions
 
     model, tokenizer = byte_model
     lm = LMLabLM(model=model, tokenizer=tokenizer)

@@ -16,10 +16,10 @@ from transformers import AutoModelForCausalLM
 from conftest import REPO, randomise_parameters, tiny_model
 from lmlab.cli import main
 from lmlab.data.tokenizers import bytes_tokenizer
-from lmlab.lora import adapter_parameter_count, load_base_weights, load_lora, load_merged
 from lmlab.model import count_parameters
 from lmlab.run_layout import resolve_model_dir
 from lmlab.train.checkpoint import load_trainer_state
+from lmlab.train.lora import adapter_parameter_count, load_base_weights, load_lora, load_merged
 from lmlab.train.metrics import read_metrics
 
 SMALL = {"nyx-tiny": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},

@@ -18,8 +18,8 @@ from conftest import (
 )
 from lmlab import ConfigError, list_presets, preset_config
 from lmlab.data.tokenizers import bytes_tokenizer
-from lmlab.generate import BatchDecoder, Generator, generate_tokens
-from lmlab.sampling import SamplingOptions
+from lmlab.generation.engine import BatchDecoder, Generator, generate_tokens
+from lmlab.generation.sampling import SamplingOptions
 
 TINY_PRESETS = [p.name for p in list_presets() if p.name.endswith("-tiny")]
 GREEDY = dict(temperature=0.0, stop_token_ids=())
@@ -213,7 +213,7 @@ def test_bad_sampling_options(bad, match):
 def test_generate_command_streams_the_completion(tmp_path, capsys):
     from conftest import save_model_dir
     from lmlab.cli import main
-    from lmlab.inference import load_model
+    from lmlab.generation.loading import load_model
 
     model_dir = save_model_dir(tmp_path / "model", "n4-tiny")
     run = tmp_path / "run" / "checkpoints"

@@ -124,7 +124,7 @@ def assert_carries_remote_code(model_dir: Path) -> None:
 
 
 def lmlab_logits(model_dir: Path, prompt: str) -> torch.Tensor:
-    from lmlab.inference import load_model
+    from lmlab.generation.loading import load_model
 
     model, tokenizer, _ = load_model(model_dir, device="cpu", dtype="float32")
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_lm_eval_cli_scores_a_checkpoint_without_importing_lmlab(trained_run, tm
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(lines) == len(rows)
 
-    from lmlab.inference import load_model
+    from lmlab.generation.loading import load_model
 
     model, tokenizer, _ = load_model(model_dir, device="cpu", dtype="float32")
     for line in lines:

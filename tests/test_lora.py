@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from conftest import TINY_VOCAB, randomise_parameters, tiny_model
 from lmlab import LMLabForCausalLM, list_presets, preset_config
 from lmlab.cli import main
-from lmlab.lora import (
+from lmlab.train.lora import (
     LoraSettings,
     adapter_parameter_count,
     apply_lora,

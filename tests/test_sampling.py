@@ -1,11 +1,11 @@
-"""Sampling filters against their definitions (lmlab.sampling's docstring)."""
+"""Sampling filters against their definitions (lmlab.generation.sampling's docstring)."""
 
 import math
 
 import pytest
 import torch
 
-from lmlab.sampling import (
+from lmlab.generation.sampling import (
     Sampler,
     SamplingOptions,
     apply_repetition_penalty,

@@ -3,7 +3,7 @@
 import pytest
 
 from lmlab.data.tokenizers import bytes_tokenizer, gpt2_tokenizer, mistral_tokenizer
-from lmlab.streaming import IncrementalDetokenizer, StopStringCutter, TextStream
+from lmlab.generation.streaming import IncrementalDetokenizer, StopStringCutter, TextStream
 
 TEXTS = ["héllo wörld", "emoji 🙂🙃 and 日本語のテキスト", "  spaces\n\nand\ttabs ", "ascii only"]
 

@@ -72,8 +72,8 @@ def test_depth_family_follows_nanochat_width_rule():
 
 def test_recipe_reproduces_the_card_step_count():
     """The trainer's budget from the preset's recipe: Chinchilla 1× of 256 × 1024-token steps = the card's count."""
+    from lmlab.train.budget import resolve_steps
     from lmlab.train.config import config_from_recipe
-    from lmlab.train.loop import resolve_steps
     from lmlab.train.optim import parameter_groups
 
     config = config_from_recipe("yatgpt-d12", {})

@@ -6,11 +6,18 @@ model.safetensors, tokenizer files): `AutoModelForCausalLM.from_pretrained(dir)`
 
 A *run directory* is what `lmlab train --out RUN` writes:
 
-    RUN/checkpoints/step-00000100/   a model directory plus the trainer's own files (optimizer, RNG, data position)
+    RUN/train_config.json            the run's resolved TrainConfig
+    RUN/checkpoints/step-00000100/   a model directory plus train_config.json and trainer_state.pt (optimizer,
+                                     schedules, RNG, data position)
     RUN/checkpoints/LATEST           the name of the newest complete checkpoint (replaced atomically)
+    RUN/metrics.jsonl, RUN/tensorboard/, RUN/samples.txt
     RUN/base/                        `lmlab finetune` only: the model the run started from (a model directory)
+    RUN/compare_done.json            `lmlab compare` only: the run ended (finished or diverged)
 
-A LoRA fine-tune's checkpoints are adapter checkpoints (lmlab.lora): config.json and weights linked to RUN/base/,
+A *comparison directory* (`lmlab compare --out DIR`) holds DIR/compare.json (the plan), DIR/runs/VARIANT/seed-N/
+(one run directory each) and the report files. A model directory may hold eval/results-<time>.json (`lmlab eval`).
+
+A LoRA fine-tune's checkpoints are adapter checkpoints (lmlab.train.lora): config.json and weights linked to RUN/base/,
 with the adapters beside them; `from_pretrained` loads base + adapters, `lmlab export --merge-lora` merges them.
 
 Every command that reads a model (`generate`, `eval`, `finetune`, `export`, `info --model`) accepts either.
@@ -20,10 +27,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# model directories
+MODEL_CONFIG = "config.json"
+ADAPTER_DIR = "adapter"  # where a training checkpoint of an older layout kept its LoRA adapters
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+EVAL_DIR = "eval"
+# run directories
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 BASE_DIR = "base"
-MODEL_CONFIG = "config.json"
+TRAIN_CONFIG = "train_config.json"
+TRAINER_STATE = "trainer_state.pt"
+TEMPORARY_PREFIX = ".tmp-"  # a checkpoint or base being written (renamed into place when complete)
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+SAMPLES_FILE = "samples.txt"
+# comparison directories
+PLAN_FILE = "compare.json"
+RUNS_DIR = "runs"
+DONE_FILE = "compare_done.json"
 
 
 def checkpoint_name(step: int) -> str:

@@ -6,20 +6,13 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from lmlab.commands.options import (
-    add_batch_arguments,
-    add_data_arguments,
-    add_optimization_arguments,
-    add_override_arguments,
-    model_overrides,
-)
-from lmlab.commands.train import OPTIONS
+from lmlab.commands.options import add_device_argument, add_override_arguments, add_train_options, model_overrides
+from lmlab.compare.plan import CHECKPOINTS_PER_RUN, EVALS_PER_RUN
+from lmlab.train.options import OPTIONS_BY_NAME, SYSTEM, TRAIN_OPTIONS
 
-# `lmlab train` options a comparison takes once for every run (the budget, seeds and cadence are its own)
-SHARED_OPTIONS = tuple(name for name in OPTIONS if name not in (
-    "steps", "tokens", "chinchilla", "seed", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-    "log_every", "sample_every", "sample_tokens", "sample_prompt", "progress", "tensorboard", "wandb", "cache_dir",
-    "distributed"))
+# `lmlab train` options a comparison takes once for every run (its budget, seeds and cadence are set per run)
+SHARED_OPTIONS = tuple(option for option in TRAIN_OPTIONS if not option.per_run)
+INVOCATION_OPTIONS = ("cache_dir",)  # this invocation's only: they may differ when the comparison is resumed
 
 
 def register(subparsers) -> None:
@@ -39,22 +32,19 @@ def register(subparsers) -> None:
     parser.add_argument("--budget", help="tokens=N | flops=F | seconds=S per run (suffixes k, M, G, T, P)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per variant: --seed, --seed + 1, ...")
     parser.add_argument("--out", required=True, help="the comparison's folder (runs and report)")
-    add_data_arguments(parser)
-    add_batch_arguments(parser)
-    add_optimization_arguments(parser)
-    loop = parser.add_argument_group("evaluation and checkpoints")
-    loop.add_argument("--eval-every", type=int, help="validate every N steps (default: 10 points per run)")
-    loop.add_argument("--eval-batches", type=int, help="validation micro-batches (default 20; 0: the whole split)")
-    loop.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps, for resuming (default: 10 per "
-                                                           "run; only the newest is kept)")
+    system = add_train_options(parser, SHARED_OPTIONS)[SYSTEM]
+    add_device_argument(system)
+    add_override_arguments(system, "every variant (before the variant's own)")
+    loop = parser.add_argument_group("evaluation and checkpoints of every run")
+    loop.add_argument("--eval-every", type=int, metavar="N",
+                      help=f"validate every N steps (default: {EVALS_PER_RUN} points per run)")
+    loop.add_argument("--eval-batches", type=int, metavar="N", help=OPTIONS_BY_NAME["eval_batches"].help +
+                      f" (default: {OPTIONS_BY_NAME['eval_batches'].shown_default})")
+    loop.add_argument("--checkpoint-every", type=int, metavar="N",
+                      help=f"checkpoint every N steps, for resuming (default: {CHECKPOINTS_PER_RUN} per run; only the "
+                           "newest is kept)")
     loop.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                       help="plain log lines instead of progress bars")
-    system = parser.add_argument_group("system")
-    system.add_argument("--compile", action="store_true", default=None, help="torch.compile the models")
-    system.add_argument("--grad-checkpointing", action="store_true", default=None,
-                        help="recompute activations in backward")
-    system.add_argument("--device", help="cpu | cuda | mps (default: cuda when available)")
-    add_override_arguments(system, "every variant (before the variant's own)")
     parser.set_defaults(run=run)
 
 
@@ -75,7 +65,8 @@ def build_request(args: argparse.Namespace):
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     base = DEFAULT_SEED if args.seed is None else args.seed
     return Request(variants=variants, budget=Budget.parse(args.budget), seeds=[base + i for i in range(args.seeds)],
-                   options={name: getattr(args, name) for name in SHARED_OPTIONS},
+                   options={option.name: getattr(args, option.name) for option in SHARED_OPTIONS
+                            if option.name not in INVOCATION_OPTIONS},
                    model_overrides=model_overrides(args), eval_every=args.eval_every,
                    eval_batches=args.eval_batches, checkpoint_every=args.checkpoint_every)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from lmlab.inference import DTYPE_CHOICES
+from lmlab.generation.loading import DTYPE_CHOICES
 
 
 def register(subparsers) -> None:
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lmlab.eval.run import evaluate, format_report, parse_task_specs, report_path, save_report
-    from lmlab.inference import load_model, quiet_progress_bars
+    from lmlab.generation.loading import load_model, quiet_progress_bars
     from lmlab.run_layout import resolve_model_dir
 
     if args.num_fewshot is not None and args.num_fewshot < 0:

@@ -6,9 +6,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from lmlab.lora import has_adapters, load_base_weights, load_lora, merge_lora, resolve_adapter_dir
 from lmlab.model import count_parameters
 from lmlab.run_layout import resolve_model_dir
+from lmlab.train.lora import has_adapters, load_base_weights, load_lora, merge_lora, resolve_adapter_dir
 
 # what `save_pretrained` of Hugging Face tokenizers writes (plus any other tokenizer* file)
 TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",

@@ -7,20 +7,27 @@ import sys
 import time
 from pathlib import Path
 
-from lmlab.inference import DTYPE_CHOICES
+from lmlab.generation.loading import DTYPE_CHOICES
+from lmlab.generation.sampling import SamplingOptions
 
-DEFAULTS = dict(max_new_tokens=256, temperature=0.8, top_k=50, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+DEFAULTS = SamplingOptions()
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sampling (see lmlab.sampling)")
-    group.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"])
-    group.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="0 = greedy")
+    group = parser.add_argument_group("sampling (see lmlab.generation.sampling)")
+    group.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, metavar="N",
+                       help=f"(default: {DEFAULTS.max_new_tokens})")
+    group.add_argument("--temperature", type=float, default=DEFAULTS.temperature, metavar="T",
+                       help=f"0 = greedy (default: {DEFAULTS.temperature})")
     group.add_argument("--greedy", action="store_true", help="same as --temperature 0")
-    group.add_argument("--top-k", type=int, default=DEFAULTS["top_k"], help="0 = off")
-    group.add_argument("--top-p", type=float, default=DEFAULTS["top_p"], help="1 = off")
-    group.add_argument("--min-p", type=float, default=DEFAULTS["min_p"], help="0 = off")
-    group.add_argument("--repetition-penalty", type=float, default=DEFAULTS["repetition_penalty"], help="1 = off")
+    group.add_argument("--top-k", type=int, default=DEFAULTS.top_k, metavar="K",
+                       help=f"0 = off (default: {DEFAULTS.top_k})")
+    group.add_argument("--top-p", type=float, default=DEFAULTS.top_p, metavar="P",
+                       help=f"1 = off (default: {DEFAULTS.top_p})")
+    group.add_argument("--min-p", type=float, default=DEFAULTS.min_p, metavar="P",
+                       help=f"0 = off (default: {DEFAULTS.min_p})")
+    group.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty, metavar="R",
+                       help=f"1 = off (default: {DEFAULTS.repetition_penalty})")
     group.add_argument("--seed", type=int, help="makes sampling reproducible")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="stop at this text (not printed); repeatable")
@@ -51,9 +58,7 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def sampling_options(args: argparse.Namespace, stop_token_ids):
-    from lmlab.sampling import SamplingOptions
-
+def sampling_options(args: argparse.Namespace, stop_token_ids) -> SamplingOptions:
     return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=0.0 if args.greedy else args.temperature,
                            top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                            repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
@@ -77,8 +82,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmlab.generate import Generator
-    from lmlab.inference import load_model, quiet_progress_bars
+    from lmlab.generation.engine import Generator
+    from lmlab.generation.loading import load_model, quiet_progress_bars
 
     prompts = read_prompts(args)
     quiet_progress_bars()

@@ -1,15 +1,15 @@
-"""Command-line options shared by several verbs: model overrides (`--set`, `--set-file`) and the training options
-that `lmlab train` and `lmlab compare` both take (data, batch and precision, optimization)."""
+"""Command-line options shared by several verbs, built from the library's tables: model overrides (`--set`,
+`--set-file`) and the training options of `lmlab train`, `finetune` and `compare` (lmlab.train.options)."""
 
 from __future__ import annotations
 
 import argparse
 
-from lmlab.data.tokenizers import BUILTIN_TOKENIZERS
 from lmlab.overrides import load_overrides_file
+from lmlab.train.options import TRAIN_OPTIONS, TrainOption
 
 
-def add_override_arguments(parser: argparse.ArgumentParser, what: str = "the model") -> None:
+def add_override_arguments(parser, what: str = "the model") -> None:
     parser.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a config field of {what} (mlp=asgg, hidden_size=128) or a per-layer choice "
                              "(norm=dyt@layers:0-2); the value is read as JSON where it parses; repeatable")
@@ -24,33 +24,32 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
     return [*files, *args.model_overrides]
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", action="append", help="stdlib | FILE | GLOB | *.jsonl | *.parquet | hf:NAME[:CONFIG] "
-                                                      "(repeatable; default: stdlib)")
-    data.add_argument("--text-field", help="jsonl/parquet/HF field holding the text (default text)")
-    data.add_argument("--hf-split", help="split of an hf: dataset (default train)")
-    data.add_argument("--max-documents", type=int, help="read at most this many documents of an hf: dataset")
-    data.add_argument("--tokenizer", help=f"{' | '.join(BUILTIN_TOKENIZERS)} | HF name or folder "
-                                          "(default: the preset's)")
-    data.add_argument("--val-fraction", type=float, help="tail of the token stream held out (default 0.05)")
-    data.add_argument("--cache-dir", help="token cache (default $LMLAB_CACHE or ~/.cache/lmlab)")
+def add_train_options(parser: argparse.ArgumentParser, options: tuple[TrainOption, ...] = TRAIN_OPTIONS) -> dict:
+    """Add `options` to `parser` in their help groups; returns the groups by name (verbs may add to them)."""
+    groups: dict = {}
+    for option in options:
+        if option.group not in groups:
+            groups[option.group] = parser.add_argument_group(option.group)
+        group = groups[option.group]
+        text = option.help + (f" (default: {option.shown_default})" if option.shown_default else "")
+        if option.type is None:
+            group.add_argument(option.option, dest=option.name, action="store_true" if option.switch else "store_false",
+                               default=None, help=text)
+        else:
+            metavar = option.metavar or {int: "N", float: "X"}.get(option.type)
+            group.add_argument(option.option, dest=option.name, type=option.type, choices=option.choices,
+                               action="append" if option.repeat else "store", metavar=metavar, help=text)
+    return groups
 
 
-def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
-    batch = parser.add_argument_group("batch and precision")
-    batch.add_argument("--seq-len", type=int)
-    batch.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
-    batch.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    batch.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+def given_options(args: argparse.Namespace, options: tuple[TrainOption, ...] = TRAIN_OPTIONS) -> dict:
+    """The training options as given on the command line (None where not given) plus the model overrides."""
+    given = {option.name: getattr(args, option.name) for option in options}
+    overrides = model_overrides(args)
+    if overrides:
+        given["model_overrides"] = overrides
+    return given
 
 
-def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
-    optim = parser.add_argument_group("optimization")
-    optim.add_argument("--optimizer", dest="optimizer_name", choices=("adamw", "ademamix", "lion", "muon"))
-    optim.add_argument("--lr", type=float, help="peak learning rate")
-    optim.add_argument("--schedule", dest="schedule_name",
-                       choices=("cosine", "linear", "constant", "wsd", "warm_start_cosine"))
-    optim.add_argument("--warmup-steps", type=int)
-    optim.add_argument("--grad-clip", type=float, help="global gradient-norm clip (0: off)")
-    optim.add_argument("--seed", type=int)
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", help="cpu | cuda | cuda:N | mps (default: cuda when available, else cpu)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmlab.compare.budget import Budget
-from lmlab.compare.plan import PLAN_FILE, Plan, Request, load_or_make_plan
+from lmlab.compare.plan import Plan, Request, load_or_make_plan
 from lmlab.compare.report import write_report
 from lmlab.compare.runner import run_plan, summaries
 from lmlab.compare.variants import Variant, VariantError, load_variants_file, parse_variant
@@ -25,5 +25,5 @@ def compare(out: str | Path, request: Request | None = None, device: str | None 
     return report
 
 
-__all__ = ["PLAN_FILE", "Budget", "Plan", "Request", "Variant", "VariantError", "compare", "load_variants_file",
+__all__ = ["Budget", "Plan", "Request", "Variant", "VariantError", "compare", "load_variants_file",
            "parse_variant"]

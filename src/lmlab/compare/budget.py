@@ -26,10 +26,11 @@ import torch
 
 from lmlab.config import LMLabConfig
 from lmlab.model import LMLabForCausalLM
+from lmlab.train import distributed as dist_utils
 from lmlab.train.config import TrainConfig
-from lmlab.train.distributed import clip_gradients
-from lmlab.train.loop import autocast_context
 from lmlab.train.optim import build_optimizers
+from lmlab.train.schedules import build_schedule, lr_schedulers
+from lmlab.train.step import StepParts, train_step
 
 KINDS = ("tokens", "flops", "seconds")
 SUFFIXES = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12, "P": 1e15}
@@ -93,27 +94,26 @@ def train_budget(budget: Budget, forward_flops_per_token: float, steps: int) -> 
     return {"steps": steps}
 
 
-def measure_step_seconds(config: TrainConfig, model_config: LMLabConfig, device: torch.device,
+def measure_step_seconds(config: TrainConfig, model_config: LMLabConfig, env: dist_utils.Environment,
                          warmup: int = 2, timed: int = 5) -> float:
-    """Median seconds of one optimizer step (grad_accum micro-batches of random tokens, forward, backward,
-    clipping, optimizer step) of `model_config` trained as `config` says, after `warmup` untimed steps."""
+    """Median seconds of one optimizer step (the trainer's own `train_step`: grad_accum micro-batches of random
+    tokens, forward, backward, clipping, optimizer and schedule step) of `model_config` trained as `config` says,
+    after `warmup` untimed steps."""
+    device = env.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = LMLabForCausalLM(model_config).to(device).train()
         optimizers = build_optimizers(model, config.optimizer)
-        parameters = [p for p in model.parameters() if p.requires_grad]
+        schedule = build_schedule(config.schedule, config.peak_lr, warmup + timed)
+        parts = StepParts(optimizers=optimizers, schedulers=lr_schedulers(optimizers, schedule),
+                          scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"),
+                          parameters=[p for p in model.parameters() if p.requires_grad], grad_clip=config.grad_clip,
+                          precision=config.precision)
         batch = torch.randint(0, model_config.vocab_size, (config.batch_size, config.seq_len), device=device)
         times = []
         for step in range(warmup + timed):
             start = time.perf_counter()
-            for _ in range(config.grad_accum):
-                with autocast_context(config, device):
-                    loss = model(input_ids=batch, labels=batch).loss / config.grad_accum
-                loss.backward()
-            clip_gradients(parameters, config.grad_clip)
-            for optimizer in optimizers:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            train_step(model, [batch] * config.grad_accum, config.grad_accum, parts, env)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if step >= warmup:

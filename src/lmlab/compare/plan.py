@@ -24,12 +24,13 @@ from lmlab.data.tokenizers import atomic_write_text
 from lmlab.info import describe
 from lmlab.overrides import OverrideError, apply_overrides
 from lmlab.presets import preset_config
+from lmlab.run_layout import PLAN_FILE, RUNS_DIR
 from lmlab.train import distributed as dist_utils
 from lmlab.train.config import TrainConfig, config_from_recipe
-from lmlab.train.loop import model_config, prepare_data
+from lmlab.train.data import prepare_data
+from lmlab.train.model_source import model_config
+from lmlab.train.options import option_arguments
 
-PLAN_FILE = "compare.json"
-RUNS_DIR = "runs"
 SHARED_KEYS = ("data", "text_field", "hf_split", "max_documents", "tokenizer", "seq_len", "batch_size", "grad_accum",
                "precision", "val_fraction")
 EVALS_PER_RUN = 10  # validation points per run when --eval-every is not given (the curves' resolution)
@@ -144,7 +145,7 @@ def make_plan(request: Request, log=print, device: str | None = None, command: s
         forward = described["forward_flops_per_token"]
         step_seconds = None
         if request.budget.kind == "seconds":
-            step_seconds = measure_step_seconds(config, resolved, env.device)
+            step_seconds = measure_step_seconds(config, resolved, env)
             log(f"compare: {variant.name}: one optimizer step takes {step_seconds:.3g} s here (median of 5)")
         steps = steps_in(request.budget, config.tokens_per_step, forward, step_seconds)
         facts[variant.name] = {**described["parameters"], "forward_flops_per_token": forward,
@@ -182,33 +183,9 @@ def load_or_make_plan(out: Path, request: Request | None, log=print, device: str
     return plan
 
 
-def _train_parser():
-    """`lmlab train`'s own parser (argparse keeps a parser's options in `_actions`, long-standing if underscored)."""
-    import argparse
-
-    from lmlab.commands import train as train_verb
-
-    root = argparse.ArgumentParser(prog="lmlab")
-    train_verb.register(root.add_subparsers())
-    return next(action for action in root._actions if isinstance(action, argparse._SubParsersAction)).choices["train"]
-
-
 def train_command(run: PlannedRun, out: Path, extra: dict | None = None, device: str | None = None) -> list[str]:
-    """The `lmlab train` arguments that reproduce `run` exactly (the flags are read off the train verb's parser,
-    so they cannot drift from it); `extra` holds options of this invocation (cache_dir, progress)."""
-    flags = {action.dest: action for action in _train_parser()._actions if action.option_strings}
-    args = ["lmlab", "train", "--preset", run.preset]
-    for key, value in {**run.options, **(extra or {})}.items():
-        if value is None or (key == "model_overrides" and not value):
-            continue
-        action = flags[key]
-        flag = action.option_strings[0]
-        if action.nargs == 0:  # store_true / store_false: the flag only where it sets the value
-            args += [flag] if value == action.const else []
-        elif isinstance(value, list):
-            for item in value:
-                args += [flag, str(item)]
-        else:
-            args += [flag, str(value)]
+    """The `lmlab train` arguments that reproduce `run` exactly (written from the library's table of training
+    options, as `lmlab train` reads them); `extra` holds options of this invocation (cache_dir, progress)."""
+    args = ["lmlab", "train", "--preset", run.preset, *option_arguments({**run.options, **(extra or {})})]
     args += ["--out", str(Path(out) / run.run_dir)]
     return args + (["--device", device] if device else [])

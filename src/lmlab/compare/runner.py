@@ -13,10 +13,9 @@ from pathlib import Path
 from lmlab.compare.plan import Plan, PlannedRun, train_command
 from lmlab.compare.summary import RunSummary, VariantSummary, summarize_run
 from lmlab.data.tokenizers import atomic_write_text
+from lmlab.run_layout import DONE_FILE
 from lmlab.train import TrainingDiverged, train
 from lmlab.train.checkpoint import latest_checkpoint
-
-DONE_FILE = "compare_done.json"
 
 
 def run_status(run_dir: Path) -> str | None:

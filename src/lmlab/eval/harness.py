@@ -17,8 +17,8 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from lmlab.eval.scoring import context_length, score_spans, strided_windows
-from lmlab.generate import Generator
-from lmlab.sampling import SamplingOptions
+from lmlab.generation.engine import Generator
+from lmlab.generation.sampling import SamplingOptions
 
 GENERATION_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p", "min_p",
                    "repetition_penalty"}
@@ -37,7 +37,7 @@ class LMLabLM(TemplateLM):
         if (pretrained is None) == (model is None):
             raise ValueError("give either pretrained=<model or run directory> or model= (with tokenizer=)")
         if model is None:
-            from lmlab.inference import load_model
+            from lmlab.generation.loading import load_model
 
             model, tokenizer, _ = load_model(pretrained, device, dtype)
         elif tokenizer is None:

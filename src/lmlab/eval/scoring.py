@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.generate import eval_mode
+from lmlab.generation.engine import eval_mode
 
 DEFAULT_CONTEXT = 2048  # for models without a position limit (NoPE): a window they can still run
 LOGIT_BUDGET = 2**25  # fp32 logits per batch (128 MiB; the log-softmax takes as much again)
@@ -27,7 +27,7 @@ TOKEN_BUDGET = 2**14  # input tokens per batch
 def trained_length(config) -> int | None:
     """The sequence length the model was trained at, when `lmlab train` saved it (train_config.json in the model
     directory it was loaded from)."""
-    from lmlab.train.checkpoint import TRAIN_CONFIG
+    from lmlab.run_layout import TRAIN_CONFIG
 
     saved = Path(getattr(config, "_name_or_path", None) or "") / TRAIN_CONFIG
     if not saved.is_file():

@@ -33,7 +33,7 @@ class Preset:
                       "min_lr" or "min_lr_ratio" (of the peak), "start_lr" (warm_start_cosine),
                       "decay_fraction" (wsd)} — formulas in lmlab.train.schedules
         grad_clip    global gradient-norm clip, or None
-        chinchilla   default training length as a multiple of the Chinchilla budget (lmlab.budget: 20 tokens
+        chinchilla   default training length as a multiple of the Chinchilla budget (lmlab.train.budget: 20 tokens
                      per parameter; steps = tokens / (batch_size × grad_accum × seq_len)); --steps/--tokens win
         source       where the published values come from (card, code, or "inferred: ...")
     """

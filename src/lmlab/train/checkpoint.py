@@ -22,11 +22,7 @@ import numpy as np
 import torch
 
 from lmlab.errors import CheckpointMismatch
-from lmlab.run_layout import CHECKPOINTS, LATEST, checkpoint_name
-
-TRAIN_CONFIG = "train_config.json"
-TRAINER_STATE = "trainer_state.pt"
-TEMPORARY_PREFIX = ".tmp-"
+from lmlab.run_layout import CHECKPOINTS, LATEST, TEMPORARY_PREFIX, TRAIN_CONFIG, TRAINER_STATE, checkpoint_name
 
 
 def rng_state() -> dict:

@@ -16,6 +16,7 @@ from lmlab.overrides import normalize_overrides
 from lmlab.presets import get_preset
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
 VOCAB_MULTIPLE = 64
 
 # keys that may differ between a checkpoint and the run resuming it
@@ -54,7 +55,7 @@ class TrainConfig:
     distributed: str = "ddp"
     grad_checkpointing: bool = False
     # fine-tuning (`lmlab finetune`): start from a trained model instead of a fresh preset model
-    base: str | None = None  # the model the run starts from (copied once to RUN/base; see lmlab.finetune)
+    base: str | None = None  # the model the run starts from (copied once to RUN/base; see lmlab.train.finetune)
     lora: dict | None = None  # LoRA settings (rank, alpha, targets, dropout): only adapters train; None = every weight
     # cadence and outputs (free to change on resume)
     eval_every: int = 0
@@ -75,8 +76,8 @@ class TrainConfig:
         self.model_overrides = normalize_overrides(self.model_overrides)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.distributed not in ("ddp", "fsdp"):
-            raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
+        if self.distributed not in DISTRIBUTED_STRATEGIES:
+            raise ValueError(f"distributed must be one of {list(DISTRIBUTED_STRATEGIES)}, got {self.distributed!r}")
         for name in ("seq_len", "batch_size", "grad_accum", "world_size", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -144,6 +145,30 @@ def apply_options(values: dict, overrides: dict) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def run_config(preset: str | None, out: str | None, resume: bool, options: dict) -> tuple[TrainConfig, str]:
+    """The config and directory of `lmlab train`: a preset's recipe with `options` applied (run directory
+    runs/PRESET unless `out` names one), or, resuming without a preset, the config saved in `out`'s newest
+    checkpoint with `options` applied (a changed trajectory key is then refused by name when the run starts).
+    Model overrides are checked now, before any data is read."""
+    from lmlab.overrides import apply_overrides
+    from lmlab.presets import preset_config
+    from lmlab.run_layout import TRAIN_CONFIG
+    from lmlab.train.checkpoint import latest_checkpoint
+
+    if resume and preset is None:
+        if not out:
+            raise ValueError("--resume needs --out RUN (the run directory to continue)")
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: {out} holds no checkpoint")
+        return apply_options(json.loads((checkpoint / TRAIN_CONFIG).read_text()), options), out
+    if preset is None:
+        raise ValueError("give --preset NAME (see `lmlab info --list`), or --resume --out RUN")
+    config = config_from_recipe(preset, options)
+    apply_overrides(preset_config(config.preset), config.model_overrides)
+    return config, out or f"runs/{preset}"
+
+
 def padded_vocab_size(tokenizer_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return int(math.ceil(tokenizer_size / multiple) * multiple)
 
@@ -169,5 +194,5 @@ def model_vocab_size(preset_vocab: int, recipe_tokenizer: str | None, tokenizer_
     return size, f"vocab_size {size:,}: {why}"
 
 
-__all__ = ["FREE_KEYS", "PRECISIONS", "TrainConfig", "apply_options", "config_from_recipe", "model_vocab_size",
-           "padded_vocab_size"]
+__all__ = ["DISTRIBUTED_STRATEGIES", "FREE_KEYS", "PRECISIONS", "RECIPE_KEYS", "TrainConfig", "apply_options",
+           "config_from_recipe", "model_vocab_size", "padded_vocab_size", "run_config"]

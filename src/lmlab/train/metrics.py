@@ -13,8 +13,7 @@ import json
 import math
 from pathlib import Path
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from lmlab.run_layout import METRICS_FILE, TENSORBOARD_DIR
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

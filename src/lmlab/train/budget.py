@@ -7,6 +7,8 @@ Chinchilla (Hoffmann et al. 2022): about 20 training tokens per parameter. A bud
 
 from __future__ import annotations
 
+CHINCHILLA_TOKENS_PER_PARAMETER = 20.0
+
 
 def chinchilla_tokens(num_parameters: int, tokens_per_parameter: float = 20.0) -> int:
     """Training tokens for a Chinchilla-style budget: tokens_per_parameter × N (rounded down)."""
@@ -22,4 +24,21 @@ def steps_for_tokens(tokens: int, batch_size: int, seq_len: int) -> int:
     steps = tokens // (batch_size * seq_len)
     if steps < 1:
         raise ValueError(f"a budget of {tokens:,} tokens is less than one step of {batch_size} × {seq_len} tokens")
+    return steps
+
+
+def resolve_steps(config, parameters: int, log) -> int:
+    """A run's budget in optimizer steps (TrainConfig: steps, else tokens, else a Chinchilla multiple, default 1×)."""
+    if config.steps:
+        return config.steps
+    if config.tokens:
+        tokens = config.tokens
+        source = f"{tokens:,} tokens"
+    else:
+        multiple = config.chinchilla or 1.0
+        tokens = chinchilla_tokens(parameters, CHINCHILLA_TOKENS_PER_PARAMETER * multiple)
+        source = (f"Chinchilla {multiple:g}× ({CHINCHILLA_TOKENS_PER_PARAMETER:g} tokens per parameter × "
+                  f"{parameters:,} parameters = {tokens:,})")
+    steps = steps_for_tokens(tokens, config.batch_size * config.grad_accum * config.world_size, config.seq_len)
+    log(f"budget: {source} → {steps:,} steps of {config.tokens_per_step:,} tokens")
     return steps

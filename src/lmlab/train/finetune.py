@@ -1,7 +1,7 @@
 """Fine-tuning: a training run that starts from a trained model (`TrainConfig.base`) instead of a fresh preset model,
-training every weight, or, with `TrainConfig.lora`, only LoRA adapters on the frozen base (lmlab.lora).
+training every weight, or, with `TrainConfig.lora`, only LoRA adapters on the frozen base (lmlab.train.lora).
 
-The trainer (lmlab.train.loop) is the same; this module supplies what differs:
+The trainer (lmlab.train.loop) is the same; `BaseModel` is the model source that supplies what differs:
 
     RUN/base/                 the base as loaded (fp32, model overrides applied) with its tokenizer, written once
                               when the run starts: resuming, loading and exporting never depend on the original base
@@ -23,14 +23,29 @@ from pathlib import Path
 
 import torch
 
+from lmlab.config import LMLabConfig
 from lmlab.data.tokenizers import TokenizerError, load_tokenizer, save_tokenizer
-from lmlab.lora import LoraSettings, adapter_parameter_count, apply_lora, load_lora, load_merged, lora_config
+from lmlab.errors import UnknownNameError
 from lmlab.model import LMLabForCausalLM, count_parameters
 from lmlab.overrides import apply_overrides
-from lmlab.run_layout import BASE_DIR, MODEL_CONFIG, resolve_model_dir
+from lmlab.presets import get_preset
+from lmlab.run_layout import BASE_DIR, MODEL_CONFIG, TEMPORARY_PREFIX, resolve_model_dir
 from lmlab.train import distributed as dist_utils
+from lmlab.train.config import RECIPE_KEYS, TrainConfig, apply_options
+from lmlab.train.lora import (
+    LoraSettings,
+    adapter_parameter_count,
+    apply_lora,
+    load_lora,
+    load_merged,
+    lora_config,
+    save_lora_checkpoint,
+)
+from lmlab.train.model_source import ModelSource
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
+# the base preset's recipe keys a fine-tune inherits: not its tokenizer (the base's own is used) nor its budget
+INHERITED_RECIPE_KEYS = tuple(key for key in RECIPE_KEYS if key not in ("tokenizer", "chinchilla"))
 
 
 def has_tokenizer(model_dir: Path) -> bool:
@@ -87,7 +102,7 @@ def write_base(config, run_dir: Path, env: dist_utils.Environment, log) -> None:
             lora_config(model, lora_settings(config.lora))  # refuses targets that match nothing, before writing
         log(f"base: {model_dir} ({count_parameters(model):,} parameters), tokenizer "
             f"{'of the base' if has_tokenizer(model_dir) else config.tokenizer} ({len(tokenizer):,} ids)")
-        target, temporary = run_dir / BASE_DIR, run_dir / f".tmp-{BASE_DIR}"
+        target, temporary = run_dir / BASE_DIR, run_dir / f"{TEMPORARY_PREFIX}{BASE_DIR}"
         shutil.rmtree(temporary, ignore_errors=True)
         model.save_pretrained(temporary)
         save_tokenizer(tokenizer, temporary, model.config.max_position_embeddings or config.seq_len)
@@ -119,4 +134,69 @@ def build_model(config, run_dir: Path, checkpoint: Path | None, log):
     return model
 
 
-__all__ = ["base_tokenizer", "build_model", "has_tokenizer", "load_base", "lora_settings", "write_base"]
+class BaseModel(ModelSource):
+    """The model source of a fine-tune: the base, copied to RUN/base when the run starts; checkpoints hold every
+    weight, or, with LoRA, the adapters beside links to RUN/base."""
+
+    def start(self, run_dir: Path, env: dist_utils.Environment, log) -> None:
+        write_base(self.config, run_dir, env, log)
+
+    def tokenizer_spec(self, run_dir: Path) -> str:
+        return str(run_dir / BASE_DIR)
+
+    def build(self, tokenizer, run_dir: Path, checkpoint: Path | None, log):
+        return build_model(self.config, run_dir, checkpoint, log)
+
+    def save(self, model, folder: Path, run_dir: Path, state_dict: dict | None = None) -> None:
+        if self.config.lora is None:
+            super().save(model, folder, run_dir, state_dict)
+        else:
+            save_lora_checkpoint(model, folder, run_dir / BASE_DIR)
+
+
+def lora_values(rank: int | None, alpha: float | None, targets: list[str] | None, dropout: float | None) -> dict:
+    """TrainConfig.lora from LoRA options (None = the default), validated (rank 8, α = rank, every mixer
+    projection, no dropout)."""
+    if targets is not None and not targets:
+        raise ValueError("the LoRA targets are empty; name projections such as q_proj,v_proj, or leave them out")
+    values = {"rank": 8 if rank is None else rank, "alpha": alpha, "targets": targets,
+              "dropout": 0.0 if dropout is None else dropout}
+    lora_settings(values)  # a clear error for rank <= 0, alpha <= 0, dropout outside [0, 1)
+    return values
+
+
+def finetune_config(base: str, lora: dict | None, options: dict) -> TrainConfig:
+    """The config of a fine-tune of `base` (a model directory, run or adapter checkpoint): its preset's recipe (when
+    the preset is known; not its tokenizer or budget), the base, the LoRA settings, the tokenizer (the base's own,
+    else `options["tokenizer"]`, else the recipe's), then the training `options` (a budget is required)."""
+    options = dict(options)
+    if not (options.get("steps") or options.get("tokens") or options.get("chinchilla")):
+        raise ValueError("a fine-tune needs a budget: --steps N or --tokens N (or --chinchilla X)")
+    tokenizer = options.pop("tokenizer", None)
+    model_dir = resolve_model_dir(base).resolve()
+    preset = LMLabConfig.from_pretrained(model_dir).preset
+    try:
+        recipe = get_preset(preset).recipe if preset else {}
+    except UnknownNameError:
+        recipe = {}
+    values = {"preset": preset or "custom", **{k: recipe[k] for k in INHERITED_RECIPE_KEYS if k in recipe},
+              "base": str(model_dir), "lora": lora}
+    if has_tokenizer(model_dir):
+        if tokenizer is not None:
+            raise ValueError(f"the base {model_dir} has its own tokenizer, which a fine-tune must keep (its ids are "
+                             "the embedding rows); drop --tokenizer")
+        values["tokenizer"] = str(model_dir)
+    elif tokenizer or recipe.get("tokenizer"):
+        values["tokenizer"] = tokenizer or recipe["tokenizer"]
+    else:
+        raise ValueError(f"the base {model_dir} holds no tokenizer files; pass --tokenizer (the one the base was "
+                         "trained with, e.g. bytes)")
+    return apply_options(values, options)
+
+
+def default_run_dir(base: str, lora: dict | None) -> str:
+    return f"runs/{Path(base).resolve().name}-{'lora' if lora else 'finetune'}"
+
+
+__all__ = ["BaseModel", "base_tokenizer", "build_model", "default_run_dir", "finetune_config", "has_tokenizer",
+           "load_base", "lora_settings", "lora_values", "write_base"]

@@ -12,7 +12,7 @@ allocated once for the whole run and each step passes a view of it.
 Layers:
 - `BatchDecoder`: token ids in, one new token per active row per step out (`use_cache=False` recomputes the whole
   sequence every step: the reference that cached decoding must equal; `compile=True` runs the one-token steps
-  through a compiled forward, see lmlab.compiled_decode);
+  through a compiled forward, see lmlab.generation.compiled);
 - `Generator`: text in, text out, with streaming (pieces that never split a character) and stop strings.
 """
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lmlab.compiled_decode import compiled_decode_step
-from lmlab.sampling import Sampler, SamplingOptions
-from lmlab.streaming import TextStream
+from lmlab.generation.compiled import compiled_decode_step
+from lmlab.generation.sampling import Sampler, SamplingOptions
+from lmlab.generation.streaming import TextStream
 
 FINISH_REASONS = ("stop", "length", "context")
 
@@ -198,7 +198,7 @@ class Generator:
     >>> gen.generate(["Once upon a time", "The capital of France is"], SamplingOptions(max_new_tokens=20))
     >>> for piece in gen.stream("Once upon a time"): print(piece, end="", flush=True)
 
-    compile=True decodes through a compiled step (lmlab.compiled_decode): slow to start, faster per token.
+    compile=True decodes through a compiled step (lmlab.generation.compiled): slow to start, faster per token.
     """
 
     def __init__(self, model, tokenizer, add_special_tokens: bool = True, compile: bool = False):

@@ -49,11 +49,15 @@ from torch import nn
 from lmlab.config import LMLabConfig
 from lmlab.model import LMLabForCausalLM
 from lmlab.remote_code import write_remote_code
-from lmlab.run_layout import CHECKPOINTS, LATEST, MODEL_CONFIG, resolve_model_dir
-
-ADAPTER_DIR = "adapter"  # where a training checkpoint keeps its LoRA adapters
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from lmlab.run_layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS,
+    CHECKPOINTS,
+    LATEST,
+    MODEL_CONFIG,
+    resolve_model_dir,
+)
 
 
 @dataclass(frozen=True)

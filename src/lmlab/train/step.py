@@ -1,0 +1,77 @@
+"""One optimizer step, shared by the trainer and by anything that times it (`lmlab compare`'s seconds budget).
+
+    for each micro-batch m of A:  loss_m = model(batch_m, labels=batch_m).loss / A;  backward (scaled under fp16;
+                                  gradients synced across processes on the last m only)
+    loss = Σ_m loss_m, averaged over processes     → not finite: TrainingDiverged, before any weight changes
+    unscale; clip the global gradient norm; step every optimizer; update the loss scale; zero the gradients;
+    step every learning-rate scheduler
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmlab.errors import TrainingDiverged
+from lmlab.train import distributed as dist_utils
+from lmlab.train.config import PRECISIONS
+
+
+def autocast_context(precision: str, device: torch.device):
+    """The autocast of a precision name: none for fp32, bf16 or fp16 autocast otherwise (fp16 on GPUs only)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 autocast needs a GPU; on a CPU use --precision bf16 (or fp32)")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@dataclass
+class StepParts:
+    """Everything a training step updates besides the model."""
+
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list
+    scaler: torch.amp.GradScaler
+    parameters: list[nn.Parameter]  # the trainable ones (clipped together)
+    grad_clip: float | None
+    precision: str
+
+
+def train_step(model: nn.Module, micro_batches: Iterable[torch.Tensor], accumulation: int, parts: StepParts,
+               env: dist_utils.Environment) -> tuple[float, float]:
+    """One optimizer step over `accumulation` micro-batches (token ids, labels = inputs); returns (the loss averaged
+    over micro-batches and processes, the gradient norm before clipping)."""
+    autocast = autocast_context(parts.precision, env.device)
+    step_loss = torch.zeros((), device=env.device)
+    for m, batch in enumerate(micro_batches):
+        with dist_utils.gradient_sync(model, m == accumulation - 1), autocast:
+            loss = model(input_ids=batch, labels=batch).loss / accumulation
+        parts.scaler.scale(loss).backward()
+        step_loss += loss.detach()
+    loss_value = float(dist_utils.mean_over_processes(step_loss, env))
+    if not math.isfinite(loss_value):
+        for optimizer in parts.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"the training loss became {loss_value}")
+    for optimizer in parts.optimizers:
+        parts.scaler.unscale_(optimizer)
+    grad_norm = float(dist_utils.clip_gradients(parts.parameters, parts.grad_clip))
+    for optimizer in parts.optimizers:
+        parts.scaler.step(optimizer)
+    parts.scaler.update()
+    for optimizer in parts.optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    for scheduler in parts.schedulers:
+        scheduler.step()
+    return loss_value, grad_norm
+
+
+__all__ = ["StepParts", "autocast_context", "train_step"]
