@@ -19,8 +19,8 @@ from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.init import linear
 from lmlab.nn.norms import build_norm
-from lmlab.nn.value_embedding import ValueEmbedding
-from lmlab.registry import MIXERS
+from lmlab.nn.value_embedding import VALUE_EMBED_OPTIONS, ValueEmbedding
+from lmlab.registry import MIXERS, NORMS, Option, unknown_name_message
 
 BACKENDS = ("eager", "sdpa", "flash_attention_2")
 WINDOW_QUERY_BLOCK = 128  # queries per block of windowed attention (see the module docstring)
@@ -204,6 +204,58 @@ class SoftmaxAttention(Component):
         return o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
 
 
-MIXERS.register("attention")(SoftmaxAttention)
+def _scale_check(value, config) -> str | None:
+    ok = value in ("head_dim", "hidden_size") or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    return None if ok else "must be 'head_dim' (1/sqrt(d_h)), 'hidden_size' (1/sqrt(d)) or a number"
 
-__all__ = ["BACKENDS", "SoftmaxAttention", "attention_backend", "causal_attention", "visibility_mask"]
+
+def _norm_name_check(value, config) -> str | None:
+    return None if value in NORMS else unknown_name_message("norm", value, NORMS.names())
+
+
+# what every mixer built on `causal_attention` honours
+KERNEL_OPTIONS = (
+    "window", "rotation", "attention_bias", "attention_dropout",
+    Option("attention_scale", check=_scale_check, doc="the multiplier of q·k"),
+)
+QK_NORM_OPTIONS = (
+    Option("qk_norm", check=_norm_name_check, doc="a norm applied per head to q and k after the rotation"),
+    Option("qk_norm_scale", requires="qk_norm", doc="q, k = scale·norm(q), scale·norm(k)"),
+)
+
+
+def _scale_text(config) -> str:
+    named = {"head_dim": config.head_dim, "hidden_size": config.hidden_size}
+    return f"1/√{named[config.attention_scale]}" if config.attention_scale in named else f"{config.attention_scale:g}"
+
+
+def describe_heads(config, layer_idx) -> str:
+    """Heads, scale, window, position and options of an attention layer, for describe()."""
+    spec = config.layer_spec(layer_idx)
+    scale = _scale_text(config)
+    kv = "" if config.num_key_value_heads == config.num_attention_heads else f", {config.num_key_value_heads} kv heads"
+    parts = [f"{config.num_attention_heads} heads × {config.head_dim}{kv}", f"scale {scale}",
+             f"window {spec.window}" if spec.window is not None else "full causal", f"position {config.position}"]
+    if config.attention_bias:
+        parts.append("biases")
+    if config.attention_dropout:
+        parts.append(f"dropout {config.attention_dropout:g} on the probabilities")
+    return ", ".join(parts)
+
+
+def describe_attention(config, layer_idx) -> str:
+    spec = config.layer_spec(layer_idx)
+    extras = ""
+    if config.qk_norm is not None:
+        extras += f", q, k ← {config.qk_norm_scale:g}·{config.qk_norm}(·) after the rotation"
+    if spec.value_embed:
+        extras += (f", v += {config.value_embed_gate_scale:g}·σ(W·x[:{config.value_embed_gate_channels}])"
+                   "·VE[ids] (value embeddings)")
+    return f"out(softmax(q·kᵀ·scale + mask)·v): {describe_heads(config, layer_idx)}{extras}"
+
+
+MIXERS.register("attention", options=(*KERNEL_OPTIONS, *QK_NORM_OPTIONS, *VALUE_EMBED_OPTIONS),
+                describe=describe_attention)(SoftmaxAttention)
+
+__all__ = ["BACKENDS", "KERNEL_OPTIONS", "SoftmaxAttention", "attention_backend", "causal_attention", "describe_heads",
+           "visibility_mask"]

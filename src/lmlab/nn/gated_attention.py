@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.errors import ConfigError
-from lmlab.nn.attention import SoftmaxAttention
+from lmlab.nn.attention import KERNEL_OPTIONS, SoftmaxAttention, describe_heads
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.norms import build_norm
+from lmlab.nn.value_embedding import VALUE_EMBED_OPTIONS
 from lmlab.registry import MIXERS
 
 
@@ -25,9 +25,6 @@ class GatedAttention(SoftmaxAttention):
     query_parts = 2
 
     def __init__(self, config, layer_idx: int):
-        if config.qk_norm is not None:
-            raise ConfigError("gated_attention normalises q and k before the rotation with the layer's norm; the "
-                              f"after-rotation qk_norm ({config.qk_norm!r}) does not apply to it: leave qk_norm unset")
         super().__init__(config, layer_idx)
         norm = config.layer_spec(layer_idx).norm
         self.q_norm = build_norm(config, self.head_dim, norm)
@@ -47,6 +44,15 @@ class GatedAttention(SoftmaxAttention):
         return self.out_proj(o * torch.sigmoid(gate.reshape(b, t, self.num_heads * self.head_dim)))
 
 
-MIXERS.register("gated_attention")(GatedAttention)
+def describe_gated_attention(config, layer_idx) -> str:
+    spec = config.layer_spec(layer_idx)
+    value_embeds = ", value embeddings" if spec.value_embed else ""
+    return (f"out(softmax(q·kᵀ·scale + mask)·v ⊙ σ(gate)), q, k ← {spec.norm}(·) per head before the rotation: "
+            f"{describe_heads(config, layer_idx)}{value_embeds}")
+
+
+# q and k are normalised by the layer's norm before the rotation; the after-rotation qk_norm does not apply
+MIXERS.register("gated_attention", options=(*KERNEL_OPTIONS, *VALUE_EMBED_OPTIONS),
+                describe=describe_gated_attention)(GatedAttention)
 
 __all__ = ["GatedAttention"]

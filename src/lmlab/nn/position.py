@@ -28,7 +28,8 @@ import math
 import torch
 
 from lmlab.nn.component import Component
-from lmlab.registry import POSITIONS
+from lmlab.registry import MIXERS, POSITIONS, Option, one_of
+from lmlab.validation import honoured
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -146,5 +147,37 @@ class NoPosition(PositionEncoding):
         return None
 
 
-POSITIONS.register("rope")(RotaryEmbedding)
-POSITIONS.register("none")(NoPosition)
+def rotating_mixers_in_use(config, layer_idx) -> str | None:
+    """The check of a rotary encoding: some layer's mixer must apply its rotation (declare "rotation")."""
+    if honoured(config, "rotation"):
+        return None
+    mixers = sorted({config.layer_spec(i).mixer for i in range(config.num_hidden_layers)})
+    rotating = [name for name in MIXERS.names() if MIXERS.entry(name).honours("rotation")]
+    return (f"no layer's mixer rotates queries and keys (mixers in use: {', '.join(mixers)}), so the encoding "
+            f"would be ignored; set position=none, or use a mixer that does ({', '.join(rotating)})")
+
+
+def rope_pct_in_range(value, config) -> str | None:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+ROPE_OPTIONS = (
+    Option("rope_theta", doc="base θ of the frequencies"),
+    Option("rope_pct", check=rope_pct_in_range, doc="share of each head's channels rotated"),
+    Option("rope_scaling", doc="linear | dynamic | yarn context extension"),
+    Option("rope_sign", check=one_of(1, -1), doc="+1: rotation by φ; −1: by −φ (nanochat)"),
+)
+
+
+def describe_rope(config, layer_idx) -> str:
+    sign = ", rotation by −φ" if config.rope_sign == -1 else ""
+    scaling = "" if config.rope_scaling is None else f", {config.rope_scaling['type']} scaling ×" \
+                                                         f"{config.rope_scaling['factor']:g}"
+    return (f"rotary (NeoX half-split): θ {config.rope_theta:g}, {config.rotary_dim} of {config.head_dim} channels "
+            f"per head rotated{sign}{scaling}; applied to q and k inside each mixer")
+
+
+POSITIONS.register("rope", options=ROPE_OPTIONS, check=rotating_mixers_in_use, describe=describe_rope)(
+    RotaryEmbedding)
+POSITIONS.register("none", describe=lambda config, layer_idx: "none (NoPE): order comes from the causal mask only")(
+    NoPosition)
