@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from lmlab.data.sources import STDLIB
+from lmlab.data.sources import SHAKESPEARE, STDLIB
 from lmlab.data.tokenizers import BUILTIN_TOKENIZERS
 from lmlab.train.config import DISTRIBUTED_STRATEGIES, PRECISIONS, RECIPE_KEYS, TrainConfig
 from lmlab.train.optim import OPTIMIZERS
@@ -54,7 +54,8 @@ class TrainOption:
 _CONFIG_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not f.default_factory}
 
 TRAIN_OPTIONS: tuple[TrainOption, ...] = (
-    TrainOption("data", DATA, f"{STDLIB} | FILE | GLOB | *.jsonl | *.parquet | hf:NAME[:CONFIG]; repeatable",
+    TrainOption("data", DATA, f"{STDLIB} | {SHAKESPEARE} | FILE | GLOB | *.jsonl | *.parquet | hf:NAME[:CONFIG]; "
+                "repeatable",
                 repeat=True, metavar="SOURCE", default=STDLIB),
     TrainOption("text_field", DATA, "jsonl / parquet / hf: field holding the text"),
     TrainOption("hf_split", DATA, "split of an hf: dataset"),
