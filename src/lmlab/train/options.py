@@ -15,6 +15,7 @@ from lmlab.data.tokenizers import BUILTIN_TOKENIZERS
 from lmlab.train.config import DISTRIBUTED_STRATEGIES, PRECISIONS, RECIPE_KEYS, TrainConfig
 from lmlab.train.optim import OPTIMIZERS
 from lmlab.train.schedules import SCHEDULES
+from lmlab.train.validation import VALIDATION_TOKENS
 
 RECIPE = "the preset's recipe"  # the default shown for options a preset's recipe sets
 DATA, BATCH, OPTIMIZATION, BUDGET, LOOP, SYSTEM = ("data", "batch and precision", "optimization", "budget",
@@ -77,7 +78,9 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("tokens", BUDGET, "training tokens", int, per_run=True),
     TrainOption("chinchilla", BUDGET, "multiple of 20 tokens per parameter", float, default="1", per_run=True),
     TrainOption("eval_every", LOOP, "validate every N steps (and at the end)", int, per_run=True),
-    TrainOption("eval_batches", LOOP, "validation micro-batches (0: the whole split)", int, per_run=True),
+    TrainOption("eval_batches", LOOP, "validation micro-batches, drawn from all over the split (0: the whole split)",
+                int, default=f"the whole split up to {VALIDATION_TOKENS:,} tokens, else a fixed sample of that many",
+                per_run=True),
     TrainOption("sample_every", LOOP, "print a text sample every N steps", int, per_run=True),
     TrainOption("sample_tokens", LOOP, "tokens per sample (0: no samples)", int, per_run=True),
     TrainOption("sample_prompt", LOOP, "sample prompt (a sample is also printed at the end)", flag="--sample",
