@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from lmlab.eval.run import DEFAULT_BATCH_SIZE, DEFAULT_BOOTSTRAP_ITERS, SOURCES
+from lmlab.eval.scoring import DEFAULT_CONTEXT
 from lmlab.generation.loading import DTYPE_CHOICES
 
 
@@ -20,20 +22,22 @@ def register(subparsers) -> None:
     parser.add_argument("--num-fewshot", type=int, help="exemplars per prompt (default: 0, or the task's own)")
     parser.add_argument("--limit", type=float,
                         help="rows per task (a fraction if < 1); for quick checks only, not comparable numbers")
-    parser.add_argument("--source", choices=("local", "hub"), default="local",
+    parser.add_argument("--source", choices=SOURCES, default=SOURCES[0],
                         help="local: lmlab's task files and local data, offline (default); hub: lm-eval's tasks of "
                              "the same names with the full splits from the Hugging Face hub")
     parser.add_argument("--data-dir", help="folder of the local eval data (default: $LMLAB_EVAL_DATA, else "
                                            "../shared/data/eval beside the repository)")
     parser.add_argument("--include", action="append", default=[], metavar="PATH",
                         help="a task YAML file or a folder of them to add; repeatable")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"sequences per forward pass (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--max-length", type=int,
                         help="context length (default: the sequence length the model was trained at when lmlab train "
-                             "recorded it, else its max_position_embeddings, else 2048)")
+                             f"recorded it, else its max_position_embeddings, else {DEFAULT_CONTEXT})")
     parser.add_argument("--stride", type=int, help="perplexity window stride (default: half the context length)")
-    parser.add_argument("--bootstrap-iters", type=int, default=1000,
-                        help="bootstrap resamples for the standard errors of non-mean metrics (0 = none)")
+    parser.add_argument("--bootstrap-iters", type=int, default=DEFAULT_BOOTSTRAP_ITERS,
+                        help="bootstrap resamples for the standard errors of non-mean metrics (0 = none; default: "
+                             f"{DEFAULT_BOOTSTRAP_ITERS})")
     parser.add_argument("--log-samples", action="store_true",
                         help="keep every request and the model's response in the JSON report")
     parser.add_argument("--output", help="JSON report path (default: inside the model directory)")
@@ -44,14 +48,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmlab.eval.run import evaluate, format_report, parse_task_specs, report_path, save_report
+    from lmlab.eval.run import check_run_options, evaluate, format_report, parse_task_specs, report_path, save_report
     from lmlab.generation.loading import load_model, quiet_progress_bars
     from lmlab.run_layout import resolve_model_dir
 
-    if args.num_fewshot is not None and args.num_fewshot < 0:
-        raise ValueError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be > 0, got {args.limit}")
+    check_run_options(args.num_fewshot, args.limit)
     tasks = args.tasks.split(",")
     parse_task_specs(tasks)  # bad specs fail before the model loads
     output = report_path(resolve_model_dir(args.checkpoint), args.output)
@@ -59,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         quiet_progress_bars()
     model, tokenizer, model_dir = load_model(args.checkpoint, args.device, args.dtype)
-    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    report = evaluate(model, tokenizer, tasks, num_fewshot=args.num_fewshot, limit=limit, source=args.source,
+    report = evaluate(model, tokenizer, tasks, num_fewshot=args.num_fewshot, limit=args.limit, source=args.source,
                       data_dir=args.data_dir, include=args.include, batch_size=args.batch_size,
                       max_length=args.max_length, stride=args.stride, bootstrap_iters=args.bootstrap_iters,
                       log_samples=args.log_samples)

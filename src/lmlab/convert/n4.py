@@ -23,7 +23,7 @@ import re
 import torch
 
 from lmlab.config import LMLabConfig
-from lmlab.convert import CONVERTERS, CheckpointMismatchError, load_exactly
+from lmlab.convert.base import CONVERTERS, CheckpointMismatchError, load_exactly
 from lmlab.model import LMLabForCausalLM
 from lmlab.presets import get_preset
 

@@ -26,7 +26,7 @@ import re
 import torch
 
 from lmlab.config import LMLabConfig
-from lmlab.convert import CONVERTERS, CheckpointMismatchError, load_exactly
+from lmlab.convert.base import CONVERTERS, CheckpointMismatchError, load_exactly
 from lmlab.model import LMLabForCausalLM
 from lmlab.nn.position import rope_inv_freq
 from lmlab.nn.xpos import xpos_decay_bases

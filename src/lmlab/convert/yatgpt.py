@@ -33,7 +33,7 @@ import re
 import torch
 
 from lmlab.config import LMLabConfig
-from lmlab.convert import CONVERTERS, CheckpointMismatchError, load_exactly
+from lmlab.convert.base import CONVERTERS, CheckpointMismatchError, load_exactly
 from lmlab.layer_pattern import VALUE_EMBED_RULES, has_value_embed
 from lmlab.model import LMLabForCausalLM
 from lmlab.presets import get_preset

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PERPLEXITY_PREFIX = "perplexity:"
+SOURCES = ("local", "hub")
+DEFAULT_BATCH_SIZE = 16  # sequences per forward pass
+DEFAULT_BOOTSTRAP_ITERS = 1000  # resamples for the standard errors of non-mean metrics
 
 
 @dataclass
@@ -111,15 +114,28 @@ def run_harness(lm, catalog, names: list[str], num_fewshot: int | None, limit: f
     return {key: results[key] for key in keep if key in results}
 
 
+def check_run_options(num_fewshot: int | None, limit: float | None) -> float | int | None:
+    """Refuse impossible options before anything loads; returns `limit` as lm-eval takes it (a row count when ≥ 1,
+    a fraction of the rows below 1)."""
+    if num_fewshot is not None and num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be > 0, got {limit}")
+    return int(limit) if limit is not None and limit >= 1 else limit
+
+
 def evaluate(model, tokenizer, tasks: list[str], *, num_fewshot: int | None = None, limit: float | None = None,
-             source: str = "local", data_dir: str | Path | None = None, include=(), batch_size: int = 16,
-             max_length: int | None = None, stride: int | None = None, bootstrap_iters: int = 1000,
-             log_samples: bool = False) -> dict:
+             source: str = "local", data_dir: str | Path | None = None, include=(),
+             batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, stride: int | None = None,
+             bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS, log_samples: bool = False) -> dict:
     """Run every task spec on a loaded model; returns the report (see `format_report`). `log_samples` keeps every
     request and response (lm-eval's per-row "samples")."""
     from lmlab.eval.perplexity import file_perplexity
     from lmlab.eval.scoring import context_length
 
+    limit = check_run_options(num_fewshot, limit)
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
     specs = parse_task_specs(tasks)
     report: dict = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "source": source,
                     "context_length": context_length(model.config, max_length), "date": time.strftime("%F %T"),
@@ -197,4 +213,5 @@ def save_report(report: dict, path: Path) -> None:
     path.write_text(json.dumps(clean(report), indent=2, default=_jsonable))
 
 
-__all__ = ["evaluate", "format_report", "parse_task_specs", "report_path", "save_report"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_BOOTSTRAP_ITERS", "SOURCES", "check_run_options", "evaluate",
+           "format_report", "parse_task_specs", "report_path", "save_report"]

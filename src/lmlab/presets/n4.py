@@ -1,7 +1,7 @@
 """N4 (Nova-Nox-Neural-Network, Rikka-Botan): NoPE attention with selective-copying keys, ASGG MLP, DyT sandwich
 norms, no final norm, untied head. Spec: shared/specs/n4.md."""
 
-from lmlab.presets import Preset, register_preset
+from lmlab.presets.base import Preset, register_preset
 
 N4_COMPONENTS = dict(
     mixer="selective_copy", mlp="asgg", norm="dyt_n4", block="sandwich", position="none", final_norm=False,

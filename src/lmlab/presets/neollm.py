@@ -2,7 +2,7 @@
 gated PolyNorm MLP, zero-centred RMSNorm, LayerNorm Scaling, GPAS, tied embeddings, chunked cross-entropy, AdEMAMix.
 Spec: shared/specs/neollm.md (a reconstruction: the 110M modeling code is not public; see its §0 and §9)."""
 
-from lmlab.presets import Preset, register_preset
+from lmlab.presets.base import Preset, register_preset
 
 ATTENTION_PERIOD = 4  # one full-attention layer per three Gated DeltaNet layers (Qwen3-Next's rule)
 

@@ -1,7 +1,7 @@
 """NGen4 (TNSA): GPT-2 layout with (partial) rotary positions and rope scaling, biased projections, GELU-new MLP,
 three dropouts, tied head. Spec: shared/specs/ngen4.md (a blueprint: no public code exists)."""
 
-from lmlab.presets import Preset, register_preset
+from lmlab.presets.base import Preset, register_preset
 
 NGEN4_COMPONENTS = dict(
     mixer="attention", mlp="gelu_new", norm="layernorm", block="prenorm", position="rope", rope_theta=10000.0,

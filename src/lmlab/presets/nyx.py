@@ -2,7 +2,7 @@
 LayerNorm, multi-query attention (one K/V head) with XPOS rotary, SwiGLU, no biases, tied embedding, byte-level
 vocabulary; the loss never scores target byte 0. Spec: shared/specs/nyx.md."""
 
-from lmlab.presets import Preset, register_preset
+from lmlab.presets.base import Preset, register_preset
 
 NYX_COMPONENTS = dict(
     mixer="attention", mlp="swiglu", norm="layernorm_nobias", block="parallel", position="xpos",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from lmlab.presets import Preset, register_preset, register_preset_family
+from lmlab.presets.base import Preset, register_preset, register_preset_family
 from lmlab.registry import UnknownNameError
 
 ASPECT_RATIO = 64
