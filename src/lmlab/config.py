@@ -16,11 +16,11 @@ from pathlib import Path
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from lmlab.component_options import check_options, own_option
 from lmlab.errors import ConfigError
 from lmlab.layer_pattern import LAYER_FIELDS, LayerSpec, has_value_embed, pattern_window
 from lmlab.registry import BLOCKS, INIT_SCHEMES, MIXERS, MLPS, NORMS, POSITIONS
 from lmlab.remote_code import AUTO_MAP, write_remote_code
-from lmlab.validation import check_options, own_option
 
 ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
 
@@ -191,7 +191,7 @@ class LMLabConfig(PreTrainedConfig):
         """Raise ConfigError (or UnknownNameError) naming the problem; called on creation and after overrides.
 
         The model's own fields are checked here; every component option by the components' declarations
-        (lmlab.validation), so this module never imports the components."""
+        (lmlab.component_options), so this module never imports the components."""
         for name, value in (("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size),
                             ("num_hidden_layers", self.num_hidden_layers),
                             ("num_attention_heads", self.num_attention_heads),

@@ -29,7 +29,7 @@ VALUE_EMBED_RULES = ("alternate", "all")
 @dataclass(frozen=True)
 class LayerSpec:
     """What one decoder layer is made of. Every field can be overridden per layer through `config.layers`; a field
-    with a default is an option the layer's components must honour when it is set (lmlab.validation)."""
+    with a default is an option the layer's components must honour when it is set (lmlab.component_options)."""
 
     mixer: str
     mlp: str

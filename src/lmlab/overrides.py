@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from huggingface_hub.errors import StrictDataclassError
 
+from lmlab.component_options import own_option_names
 from lmlab.config import LAYER_FIELDS, LMLabConfig
 from lmlab.errors import OverrideError
-from lmlab.validation import own_option_names
 
 LAYER_SUFFIX = "@layers:"
 

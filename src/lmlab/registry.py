@@ -8,8 +8,8 @@ so adding a component never means editing the model, and declares there what it 
 - `options`: the config options the component reads. A name is an `LMLabConfig` field (`qk_norm`), a `LayerSpec`
   field (`window`), a capability another component looks for (`rotation`: the mixer rotates q and k with the
   position encoding), or an `Option` with a `default`: the component's own option, kept in
-  `config.component_options` (no config field needed). Config validation (lmlab.validation) refuses an option set
-  where no component in use honours it, and runs each declared `check`.
+  `config.component_options` (no config field needed). Config validation (lmlab.component_options) refuses an
+  option set where no component in use honours it, and runs each declared `check`.
 - `check(config, layer_idx)`: a problem with the combination (text), or None; layer_idx is None for model-wide parts.
 - `describe(config, layer_idx)`: one line of what the component computes there (None: nothing in this config), for
   `lmlab info --explain`.

@@ -10,10 +10,10 @@ import toy_mixer  # noqa: F401  (registers mixer="toy_decay")
 
 from conftest import forward_context, randomise_parameters, tiny_config, tiny_model
 from lmlab import LMLabConfig, LMLabForCausalLM, list_presets, preset_config
+from lmlab.component_options import REGISTRIES, declarations, own_option_names
 from lmlab.errors import ConfigError, OverrideError
 from lmlab.overrides import apply_overrides
 from lmlab.registry import BLOCKS, MIXERS
-from lmlab.validation import REGISTRIES, declarations, own_option_names
 
 
 def toy_config(**overrides):

@@ -27,9 +27,9 @@ import math
 
 import torch
 
+from lmlab.component_options import honoured
 from lmlab.nn.component import Component
 from lmlab.registry import MIXERS, POSITIONS, Option, one_of
-from lmlab.validation import honoured
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
