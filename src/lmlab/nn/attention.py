@@ -233,7 +233,8 @@ def describe_heads(config, layer_idx) -> str:
     """Heads, scale, window, position and options of an attention layer, for describe()."""
     spec = config.layer_spec(layer_idx)
     scale = _scale_text(config)
-    kv = "" if config.num_key_value_heads == config.num_attention_heads else f", {config.num_key_value_heads} kv heads"
+    kv_heads = config.num_key_value_heads
+    kv = "" if kv_heads == config.num_attention_heads else f", {kv_heads} kv head{'s' if kv_heads > 1 else ''}"
     parts = [f"{config.num_attention_heads} heads × {config.head_dim}{kv}", f"scale {scale}",
              f"window {spec.window}" if spec.window is not None else "full causal", f"position {config.position}"]
     if config.attention_bias:
@@ -247,7 +248,8 @@ def describe_attention(config, layer_idx) -> str:
     spec = config.layer_spec(layer_idx)
     extras = ""
     if config.qk_norm is not None:
-        extras += f", q, k ← {config.qk_norm_scale:g}·{config.qk_norm}(·) after the rotation"
+        scale = "" if config.qk_norm_scale == 1.0 else f"{config.qk_norm_scale:g}·"
+        extras += f", q, k ← {scale}{config.qk_norm}(·) after the rotation"
     if spec.value_embed:
         extras += (f", v += {config.value_embed_gate_scale:g}·σ(W·x[:{config.value_embed_gate_channels}])"
                    "·VE[ids] (value embeddings)")

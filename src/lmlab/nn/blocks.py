@@ -117,10 +117,12 @@ def one_residual_add(config, layer_idx) -> str | None:
 
 
 class Terms:
-    """The pieces of a wiring's formula with the layer's options written in (for describe())."""
+    """The pieces of a wiring's formula with the layer's options written in (for describe()); LNS reads /√ℓ with ℓ
+    the 1-based layer, so layers that differ only in ℓ share one description."""
 
     def __init__(self, config, layer_idx: int):
-        self.normed = "norm(x)" + (f"/√{layer_idx + 1}" if config.layernorm_scaling else "")
+        self.normed = "norm(x)/√ℓ" if config.layernorm_scaling else "norm(x)"
+        self.note = " (LNS: ℓ = the 1-based layer)" if config.layernorm_scaling else ""
         self.fan = config.layer_spec(layer_idx).fan
         self.dropout = config.residual_dropout
         self.gpas = config.gpas is not None
@@ -138,19 +140,19 @@ class Terms:
 
 def describe_prenorm(config, layer_idx) -> str:
     t = Terms(config, layer_idx)
-    return f"{t.add(f'mixer({t.into_mixer(t.normed)})')}; {t.add(f'mlp({t.normed})')}"
+    return f"{t.add(f'mixer({t.into_mixer(t.normed)})')}; {t.add(f'mlp({t.normed})')}{t.note}"
 
 
 def describe_sandwich(config, layer_idx) -> str:
     t = Terms(config, layer_idx)
     return (f"{t.add(f'post_norm(mixer({t.into_mixer(t.normed)}))')}; "
-            f"{t.add(f'post_norm(mlp({t.normed}))')}")
+            f"{t.add(f'post_norm(mlp({t.normed}))')}{t.note}")
 
 
 def describe_parallel(config, layer_idx) -> str:
     t = Terms(config, layer_idx)
     mixer = f"mixer({t.into_mixer('u')})"
-    return f"u = {t.normed}; {t.add(mixer, 'mlp(u)')}"
+    return f"u = {t.normed}; {t.add(mixer, 'mlp(u)')}{t.note}"
 
 
 BLOCKS.register("prenorm", options=BLOCK_OPTIONS, describe=describe_prenorm)(PreNormBlock)

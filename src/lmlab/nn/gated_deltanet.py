@@ -152,7 +152,7 @@ def value_heads_share_key_heads(config, layer_idx) -> str | None:
 
 
 def describe_gated_deltanet(config, layer_idx) -> str:
-    return (f"out(RMSNorm(o) ⊙ SiLU(z)), o_t = S_tᵀ·q_t, S_t = e^(g_t)·(I − β_t·k_t·k_tᵀ)·S_(t−1) + β_t·k_t·v_tᵀ "
+    return (f"out(RMSNorm(o) ⊙ SiLU(z)), o_t = S_tᵀ·q_t/√d_k, S_t = e^(g_t)·(I − β_t·k_t·k_tᵀ)·S_(t−1) + β_t·k_t·v_tᵀ "
             f"(gated delta rule, L2-normed q, k after a causal conv {config.linear_conv_kernel_dim} + SiLU): "
             f"{config.linear_num_key_heads} key heads × {config.linear_key_head_dim}, "
             f"{config.linear_num_value_heads} value heads × {config.linear_value_head_dim}, "

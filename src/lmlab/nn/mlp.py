@@ -74,19 +74,21 @@ class SwiGLU(Component):
 MLP_OPTIONS = ("mlp_bias",)
 
 
-def describe_mlp(formula: str, up_factor: int = 1):
-    """A describe() for an MLP: its formula and the widths d -> up width -> d."""
+def describe_mlp(formula, up_factor: int = 1):
+    """A describe() for an MLP: its formula (text, or a function of the config giving it) and the widths."""
     def describe(config, layer_idx) -> str:
         d, inner = config.hidden_size, config.intermediate_size
         up = f"{up_factor}×{inner}" if up_factor > 1 else str(inner)
         bias = ", biases" if config.mlp_bias else ""
-        return f"{formula.format(config=config)}   (up {d} -> {up}, down {inner} -> {d}{bias})"
+        text = formula(config) if callable(formula) else formula
+        return f"{text}   (up {d} -> {up}, down {inner} -> {d}{bias})"
     return describe
 
 
 @MLPS.register("gelu", options=(*MLP_OPTIONS, Option("gelu_approximate", check=one_of("none", "tanh"),
                                                      doc="'none' (exact erf GELU) or 'tanh'")),
-               describe=describe_mlp("down(GELU_{config.gelu_approximate}(up x))"))
+               describe=describe_mlp(lambda config: "down(GELU_tanh(up x))" if config.gelu_approximate == "tanh"
+                                     else "down(GELU(up x)), exact erf GELU"))
 def gelu_mlp(config, layer_idx: int) -> TwoLayerMLP:
     return TwoLayerMLP(config, partial(F.gelu, approximate=config.gelu_approximate))
 
@@ -108,6 +110,8 @@ def asgg_mlp(config, layer_idx: int) -> ASGG:
 
 
 @MLPS.register("swiglu", options=(*MLP_OPTIONS, Option("mlp_dropout", doc="dropout on a ⊙ SiLU(g)")),
-               describe=describe_mlp("down(drop_{config.mlp_dropout}(a ⊙ SiLU(g))), [a | g] = up x", up_factor=2))
+               describe=describe_mlp(lambda config: (f"down(drop_{config.mlp_dropout:g}(a ⊙ SiLU(g)))" if
+                                                     config.mlp_dropout else "down(a ⊙ SiLU(g))") + ", [a | g] = up x",
+                                     up_factor=2))
 def swiglu_mlp(config, layer_idx: int) -> SwiGLU:
     return SwiGLU(config)

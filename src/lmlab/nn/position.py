@@ -179,5 +179,5 @@ def describe_rope(config, layer_idx) -> str:
 
 POSITIONS.register("rope", options=ROPE_OPTIONS, check=rotating_mixers_in_use, describe=describe_rope)(
     RotaryEmbedding)
-POSITIONS.register("none", describe=lambda config, layer_idx: "none (NoPE): order comes from the causal mask only")(
+POSITIONS.register("none", describe=lambda config, layer_idx: "NoPE, no encoding: order comes from the causal mask")(
     NoPosition)
