@@ -7,9 +7,8 @@ loss); the model-wide norm where the embedding norm or the final norm uses it; t
 Rules (`problems`):
 1. a layer-spec field other than its default (window, value_embed, fan, ...) must be honoured by one of that
    layer's components;
-2. a config field other than its default, when some registered component declares it (fields nobody declares are
-   the model's own: sizes, slots, token ids), must be declared by a component in use; an option declared with
-   `requires=R` acts only where R is set;
+2. a config field other than its default (except the model's own, `LMLabConfig.model_fields`: sizes, slots, token
+   ids) must be declared by a component in use; an option declared with `requires=R` acts only where R is set;
 3. a component's own option (`config.component_options`) must be declared by some registered component, and
    follows rule 2;
 4. each declared option's check runs on a value other than its default; each component's check runs where it is
@@ -197,26 +196,23 @@ def _model_wide_problems(config, used: list[Used]) -> list[str]:
 
 
 def _check_problems(config, used: list[Used]) -> list[str]:
-    """Rule 4; a component's check failing on several layers is one message."""
-    problems, seen, failing = [], set(), {}
+    """Rule 4: each declared check once per option and once per component and layer; a component's check failing
+    on several layers is one message."""
+    problems, checked, failing = [], set(), {}
     for u in used:
         for option in u.entry.options:
-            if option.check is None or (option.name, id(option)) in seen:
+            if option.check is None or id(option) in checked or option.name in LAYER_DEFAULTS:
                 continue
-            seen.add((option.name, id(option)))
-            if option.name in LAYER_DEFAULTS or option.name in CAPABILITIES:
-                continue
+            checked.add(id(option))
             value = option_value(config, option.name)
             default = defaults(type(config)).get(option.name, option.default)
             problem = None if value == default else option.check(value, config)
             if problem:
                 problems.append(f"{option.name} {problem}, got {value!r} ({u})")
-        if u.entry.check is not None and (u.name, u.registry.kind, u.layer_idx) not in seen:
-            seen.add((u.name, u.registry.kind, u.layer_idx))
-            problem = u.entry.check(config, u.layer_idx)
-            if problem:
-                failing.setdefault((str(u), problem), []).append(u.layer_idx)
-    return problems + [f"{component}{'' if layers == [None] else _on_layers(layers)}: {problem}"
+        problem = None if u.entry.check is None else u.entry.check(config, u.layer_idx)
+        if problem:
+            failing.setdefault((str(u), problem), []).append(u.layer_idx)
+    return problems + [f"{component}{'' if layers == [None] else _on_layers(sorted(set(layers)))}: {problem}"
                        for (component, problem), layers in failing.items()]
 
 
@@ -229,9 +225,10 @@ def problems(config) -> list[str]:
 def check_options(config) -> None:
     """Raise ConfigError listing every problem of `config` (see `problems`)."""
     found = list(dict.fromkeys(problems(config)))
+    if len(found) == 1:
+        raise ConfigError(found[0])
     if found:
-        raise ConfigError("; ".join(found) if len(found) == 1 else
-                          f"{len(found)} problems: " + " | ".join(found))
+        raise ConfigError(f"{len(found)} problems: " + " | ".join(found))
 
 
 __all__ = ["CAPABILITIES", "Used", "check_options", "declarations", "honoured", "in_use", "option_value",

@@ -1,6 +1,7 @@
 """Gated DeltaNet: the chunked WY form against the recurrence, the recurrence against the matrix formula, the packing,
 the short convolution, the decoding state, padding, and the optional flash-linear-attention dispatch."""
 
+import re
 import sys
 import types
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import forward_context, randomise_parameters
-from lmlab import preset_config
+from conftest import forward_context, randomise_parameters, tiny_config
+from lmlab import ConfigError, preset_config
 from lmlab.cache import LMLabCache
 from lmlab.nn import delta_rule
 from lmlab.nn.delta_rule import (
@@ -150,6 +151,21 @@ def test_prefill_then_decode_equals_the_full_forward(chunk):
         for i in range(37, 47):
             pieces.append(layer(x[:, i:i + 1], forward_context(1, past=i, cache=cache)))
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option,refusal", [
+    ({"layers": [{"window": 8}, {}, {}, {}]}, "window=8 on layer 0: ignored by mixer 'gated_deltanet'"),
+    ({"layers": [{}, {"value_embed": True}, {}, {}]}, "value_embed=True on layer 1: ignored by mixer 'gated_deltanet'"),
+    ({"qk_norm": "rmsnorm"}, "qk_norm='rmsnorm': ignored by mixer 'gated_deltanet'"),
+    ({"position": "rope"}, "position 'rope': no layer's mixer rotates queries and keys"),
+    ({"attention_scale": "hidden_size"}, "attention_scale='hidden_size': ignored by mixer 'gated_deltanet'"),
+])
+def test_attention_options_are_refused_by_name(option, refusal):
+    """The recurrence has no window, value embeddings, QK-norm, rotation or softmax scale: setting one is an error."""
+    plain = dict(layers=None, position="none", rope_pct=1.0)
+    assert tiny_config("neollm-tiny", **plain).mixer == "gated_deltanet"
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        tiny_config("neollm-tiny", **{**plain, **option})
 
 
 def test_left_padding_gives_the_unpadded_outputs_and_states():
