@@ -130,10 +130,12 @@ class Llama3Scaling(RopeScaling):
                               f"low_freq_factor={low!r}, high_freq_factor={high!r}")
 
     def inv_freq(self, theta: float, rotary_dim: int, length: int | None = None) -> torch.Tensor:
-        inv_freq = rope_inv_freq(theta, rotary_dim).double()
-        rotations = self.original_max_position_embeddings * inv_freq / (2 * math.pi)  # L0 / λ_i
-        smooth = ((rotations - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)).clamp(0, 1)
-        return ((1 - smooth) * inv_freq / self.factor + smooth * inv_freq).float()
+        # fp32 in the reference's order (λ first, then L0/λ): the published models' frequencies to the last bit
+        inv_freq = rope_inv_freq(theta, rotary_dim)
+        wavelength = 2 * math.pi / inv_freq
+        low, high = self.low_freq_factor, self.high_freq_factor
+        smooth = ((self.original_max_position_embeddings / wavelength - low) / (high - low)).clamp(0, 1)
+        return (1 - smooth) * inv_freq / self.factor + smooth * inv_freq
 
 
 def _checked_factor(factor) -> float:

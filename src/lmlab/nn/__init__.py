@@ -5,6 +5,7 @@ from lmlab.nn import (  # noqa: F401
     blocks,
     gated_attention,
     gated_deltanet,
+    gated_silu,
     init,
     mlp,
     norms,
