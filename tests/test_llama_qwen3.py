@@ -66,14 +66,15 @@ VARIANTS = [
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    """Weights N(0, 1/fan_in) (so activations keep their size through the layers), norm gains 1 ± 0.3, biases
-    N(0, 0.1): HF's init (N(0, 0.02), gains 1) would give near-zero logits and hide a swapped norm."""
+    """Weights N(0, 1/fan_in) (so activations keep their size through the layers), embeddings N(0, 1/16) (a tied
+    head then gives logits of the usual size), norm gains 1 ± 0.3, biases N(0, 0.1): HF's init (N(0, 0.02), gains 1)
+    would give near-zero logits and hide a swapped norm."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=generator)
             if p.dim() == 2:
-                p.copy_(noise * (0.5 if "embed" in name else p.shape[1] ** -0.5))
+                p.copy_(noise * (0.25 if "embed" in name else p.shape[1] ** -0.5))
             elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
             else:
