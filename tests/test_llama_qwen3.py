@@ -94,7 +94,7 @@ def hf_model(family: str, seed: int = 0, **options):
 def lmlab_twin(hf) -> LMLabForCausalLM:
     """The lmlab model of the same config (the preset family's components) holding the HF model's weights."""
     _, _, components, renames = FAMILIES[hf.config.model_type]
-    model = LMLabForCausalLM(llama_layout_config(hf.config, components, [])).eval()
+    model = LMLabForCausalLM(llama_layout_config(hf.config, components)).eval()
     load_exactly(model, {rename_llama_key(k, renames): v for k, v in hf.state_dict().items()})
     return model
 
@@ -228,7 +228,7 @@ def test_published_models(family, published, preset, count):
     hf_class, config_class, components, _ = FAMILIES[family]
     hf_config = config_class.from_dict(json.loads(json.dumps(published)))
     ignored = ("preset", "auto_map", "transformers_version")
-    converted = {k: v for k, v in llama_layout_config(hf_config, components, []).to_dict().items() if k not in ignored}
+    converted = {k: v for k, v in llama_layout_config(hf_config, components).to_dict().items() if k not in ignored}
     ours = {k: v for k, v in preset_config(preset).to_dict().items() if k not in ignored}
     assert converted == ours
     with torch.device("meta"):

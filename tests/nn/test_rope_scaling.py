@@ -2,11 +2,12 @@
 against transformers' own functions (transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS), key checks by name, and
 the rotary module using an entry."""
 
+import json
 import math
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from transformers import AutoConfig, LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from lmlab import ConfigError, preset_config
@@ -115,3 +116,21 @@ def test_hf_style_dicts_of_either_spelling_load_and_are_stored_under_type():
 def test_bad_keys_are_refused_by_name(scaling, message):
     with pytest.raises(ConfigError, match=message):
         preset_config("llama-tiny", rope_scaling=scaling)
+
+
+@pytest.mark.parametrize("stored", [
+    {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},  # as lmlab wrote it
+    {"rope_type": "dynamic", "factor": 2.0},  # HF's newer spelling, no original length
+    {"type": "linear", "rope_type": "linear", "factor": 2.0, "original_max_position_embeddings": 512},
+])
+def test_saved_config_files_with_rope_scaling_load(tmp_path, stored):
+    config = preset_config("ngen4-tiny", max_position_embeddings=512)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "rope_scaling": stored}))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.rope_scaling["type"] == stored.get("type", stored.get("rope_type"))
+    assert "rope_type" not in loaded.rope_scaling
+    assert loaded.max_position_embeddings == (1024 if "original_max_position_embeddings" not in stored else 512)
+    assert rope_scaling_rule(loaded.rope_scaling) == ROPE_SCALINGS[loaded.rope_scaling["type"]](
+        **{k: v for k, v in loaded.rope_scaling.items() if k != "type"})

@@ -50,31 +50,31 @@ def rename_llama_key(key: str, renames: dict[str, str] = LLAMA_LAYER_RENAMES) ->
     return key
 
 
-def rope_options(hf: PreTrainedConfig, problems: list[str]) -> dict:
-    """lmlab's rope_theta and rope_scaling for the HF config's `rope_parameters` (unsupported ones appended to
-    `problems`)."""
+def rope_options(hf: PreTrainedConfig) -> tuple[dict, list[str]]:
+    """lmlab's rope_theta and rope_scaling for the HF config's `rope_parameters`, and what lmlab does not support."""
     parameters = dict(hf.rope_parameters)
     kind = parameters.pop("rope_type", "default")
     parameters.pop("type", None)
     theta = float(parameters.pop("rope_theta"))
     partial = parameters.pop("partial_rotary_factor", 1.0)
-    if partial != 1.0:
-        problems.append(f"partial_rotary_factor={partial} (the Llama layout rotates whole heads)")
+    problems = [f"partial_rotary_factor={partial} (the Llama layout rotates whole heads)"] if partial != 1.0 else []
     if kind == "default":
-        return dict(rope_theta=theta, rope_scaling=None)
+        return dict(rope_theta=theta, rope_scaling=None), problems
     if kind not in ROPE_SCALINGS:
         problems.append(f"rope_type={kind!r} (lmlab's rope scalings: {', '.join(ROPE_SCALINGS.names())})")
-        return dict(rope_theta=theta, rope_scaling=None)
-    return dict(rope_theta=theta, rope_scaling={"type": kind, **parameters})
+        return dict(rope_theta=theta, rope_scaling=None), problems
+    return dict(rope_theta=theta, rope_scaling={"type": kind, **parameters}), problems
 
 
-def llama_layout_config(hf: PreTrainedConfig, components: dict, problems: list[str]) -> LMLabConfig:
+def llama_layout_config(hf: PreTrainedConfig, components: dict, family_problems: tuple[str, ...] | list[str] = ()
+                        ) -> LMLabConfig:
     """The lmlab config of a Llama-layout HF config (Llama, Qwen3), built from `components` (a preset family's
-    component choices); options lmlab cannot reproduce are appended to `problems`, and the config is built only
-    when there are none."""
+    component choices); refuses, naming them all, the options lmlab would not reproduce (`family_problems`: those
+    the caller found in its family's own options)."""
+    rope, problems = rope_options(hf)
+    problems = list(family_problems) + problems
     if hf.hidden_act != "silu":
         problems.append(f"hidden_act={hf.hidden_act!r} (the gated_silu MLP uses SiLU)")
-    rope = rope_options(hf, problems)
     refuse_unsupported(problems, hf.model_type)
     return LMLabConfig(**{
         **components, "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size,

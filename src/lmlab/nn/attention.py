@@ -176,9 +176,13 @@ class SoftmaxAttention(Component):
         return self.config.qk_norm, self.config.qk_norm_position, self.config.qk_norm_scale
 
     def _qk_norm(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q_norm(q) * self.qk_norm_scale, self.k_norm(k) * self.qk_norm_scale
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_norm_scale == 1.0:
+            return q, k
+        return q * self.qk_norm_scale, k * self.qk_norm_scale
 
-    def heads(self, x: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, ...]:
+    def heads(self, x: torch.Tensor, ctx: ForwardContext
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """q (B, H, T, d_h) and k, v (B, H_kv, T, d_h) of the block input x, after value embeddings, rotation and
         QK-norm, and the other query parts of each head (B, T, H, (query_parts − 1)·d_h; None when there are none)."""
         b, t, _ = x.shape
