@@ -181,8 +181,9 @@ def rope_scaling_rule(scaling: dict | None) -> RopeScaling | None:
 def normalised_rope_scaling(scaling: dict, max_position_embeddings: int | None) -> tuple[dict, int | None]:
     """(the `rope_scaling` dict as stored, the model's position limit): the kind under "type", the factor a float,
     and L0 pinned (when it is missing, L0 is `max_position_embeddings` and the limit grows to factor × L0)."""
+    kind = _kind(scaling)
     stored = {key: value for key, value in scaling.items() if key not in KIND_KEYS}
-    stored["type"] = _kind(scaling)
+    stored["type"] = kind
     stored["factor"] = _checked_factor(stored.get("factor"))
     if "original_max_position_embeddings" not in stored:
         if max_position_embeddings is None:

@@ -112,6 +112,7 @@ def test_hf_style_dicts_of_either_spelling_load_and_are_stored_under_type():
     ({"type": "linear", "rope_type": "yarn", "factor": 2.0}, "two kinds"),
     ({"rope_type": "longrope", "factor": 2.0}, "must be one of"),
     ({"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 0}, "positive integer"),
+    ("linear", "must be a dict"),
 ])
 def test_bad_keys_are_refused_by_name(scaling, message):
     with pytest.raises(ConfigError, match=message):
