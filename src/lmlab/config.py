@@ -21,8 +21,7 @@ from lmlab.errors import ConfigError
 from lmlab.layer_pattern import LAYER_FIELDS, LayerSpec, has_value_embed, pattern_window
 from lmlab.registry import BLOCKS, INIT_SCHEMES, MIXERS, MLPS, NORMS, POSITIONS
 from lmlab.remote_code import AUTO_MAP, write_remote_code
-
-ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
+from lmlab.rope_scaling import normalised_rope_scaling
 
 
 @strict
@@ -83,7 +82,7 @@ class LMLabConfig(PreTrainedConfig):
     # rotary position encoding
     rope_theta: float = 10000.0
     rope_pct: float = 1.0
-    rope_scaling: dict | None = None
+    rope_scaling: dict | None = None  # HF-style {"type": kind, "factor": f, ...}; kinds in lmlab.rope_scaling
 
     # MLP
     mlp_bias: bool = False
@@ -99,7 +98,8 @@ class LMLabConfig(PreTrainedConfig):
 
     # nanochat-GPT features (yatgpt); every one is off by default
     rope_sign: int = 1  # +1: x·cos φ + rotate_half(x)·sin φ; −1: rotation by −φ (nanochat / flaxchat)
-    qk_norm: str | None = None  # a norm name applied per head to q and k after RoPE (e.g. "rmsnorm_parameterless")
+    qk_norm: str | None = None  # a norm name applied per head to q and k (e.g. "rmsnorm_parameterless")
+    qk_norm_position: str = "after_rotation"  # or "before_rotation" (Qwen3): where qk_norm acts
     qk_norm_scale: float = 1.0  # q, k = scale · norm(q), scale · norm(k)
     window_pattern: str | None = None  # e.g. "SSSL", tiled over layers, last layer L (see lmlab.layer_pattern)
     window_long: int | None = None  # the L window (keys visible to the left of a query)
@@ -157,7 +157,8 @@ class LMLabConfig(PreTrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.rope_scaling is not None:
-            self.rope_scaling = _normalised_rope_scaling(self.rope_scaling, self)
+            self.rope_scaling, self.max_position_embeddings = normalised_rope_scaling(self.rope_scaling,
+                                                                                      self.max_position_embeddings)
         super().__post_init__(**kwargs)
         self.check()
 
@@ -255,30 +256,6 @@ class LMLabConfig(PreTrainedConfig):
     def rotary_dim(self) -> int:
         """Rotated channels per head: int(head_dim * rope_pct), rounded down to an even number."""
         return int(self.head_dim * self.rope_pct) // 2 * 2
-
-
-def _normalised_rope_scaling(scaling: dict, config: LMLabConfig) -> dict:
-    """Validate `rope_scaling` and pin the length it scales from.
-
-    HF semantics: {"type" (or "rope_type"): linear | dynamic | yarn, "factor": f, ...}. The pre-scaling length is
-    stored as `original_max_position_embeddings`; when it is missing, the current `max_position_embeddings` is that
-    length and the model's position limit grows to factor times it.
-    """
-    scaling = dict(scaling)
-    kind = scaling.pop("rope_type", None) or scaling.get("type")
-    if kind not in ROPE_SCALING_TYPES:
-        raise ConfigError(f"rope_scaling type must be one of {list(ROPE_SCALING_TYPES)}, got {kind!r}")
-    factor = scaling.get("factor")
-    if not isinstance(factor, (int, float)) or factor < 1.0:
-        raise ConfigError(f"rope_scaling factor must be a number >= 1, got {factor!r}")
-    scaling["type"] = kind
-    scaling["factor"] = float(factor)
-    if "original_max_position_embeddings" not in scaling:
-        if config.max_position_embeddings is None:
-            raise ConfigError("rope_scaling needs max_position_embeddings (the length the model was trained at)")
-        scaling["original_max_position_embeddings"] = config.max_position_embeddings
-        config.max_position_embeddings = int(config.max_position_embeddings * factor)
-    return scaling
 
 
 __all__ = ["ConfigError", "LAYER_FIELDS", "LMLabConfig", "LayerSpec"]

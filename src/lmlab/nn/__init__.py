@@ -6,6 +6,7 @@ from lmlab.nn import (  # noqa: F401
     embedding_stage,
     gated_attention,
     gated_deltanet,
+    gated_silu,
     head,
     init,
     loss,
