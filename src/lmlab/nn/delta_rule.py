@@ -237,13 +237,19 @@ class _ChunkedGatedDeltaRule(torch.autograd.Function):
                 d_v_new[:, :, i] += k_end[:, :, i] @ d_state
                 d_state = (d_states[:, :, i] - w[:, :, i].mT @ d_v_new[:, :, i]).addcmul_(d_state, chunk_decay[:, :, i])
 
+            # each C × C buffer is released once used (this transient adds to the peak memory of training)
             d_rhs = inverse.mT @ torch.cat([d_v_new, -(d_v_new @ states.mT)], dim=-1).to(mm)
+            del inverse
             d_m = (d_rhs @ uw.mT).neg_()
+            del uw
             d_p = d_o @ v_new.to(mm).mT
             e_sum = torch.mul(d_p, scores).addcmul_(d_m, m)  # E: zero above the diagonal, as P and M are
+            del scores, m
             d_gamma = e_sum.sum(-1, dtype=dtype) - e_sum.sum(-2, dtype=dtype)
+            del e_sum
             d_p.mul_(decay)
             d_m.mul_(decay).diagonal(dim1=-2, dim2=-1).zero_()  # G: M has no diagonal
+            del decay
             d_vb, d_kbg = d_rhs.split([dv, k.shape[-1]], dim=-1)
             d_kb = (d_m @ k).addcmul_(d_kbg, to_start_mm)
             d_q_gamma = d_o @ states.to(mm).mT
