@@ -13,6 +13,9 @@ Sections (`--sections`, default all):
            16 value heads of 32, dense MLP 1024, vocabulary 151,665, tied), both with the AdamW this tree builds;
            plus `lmlab_baseline` (the baseline commit's kernel and torch's per-parameter AdamW loop). fp32 and bf16
            autocast, --batch × --seq-len tokens, variants interleaved in each round, best of --rounds.
+  optim    one optimizer step over neollm-110m's parameters: AdamW as torch's per-parameter loop (torch's CPU
+           default), foreach and fused (what build_optimizers picks here); AdEMAMix (the NeoLLM recipe) of the
+           baseline commit and of this tree.
   memory   peak RSS of neollm-110m training at --memory-batch × --seq-len in bf16 (two steps; fresh process per
            variant).
   profile  torch.profiler's top operators (self CPU time) of one neollm-110m bf16 step with this tree's code.
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from lmlab import LMLabForCausalLM, preset_config
 from lmlab.nn import gated_deltanet
 from lmlab.nn.delta_rule import chunk_gated_delta_rule
-from lmlab.train.optim import build_optimizers, parameter_groups
+from lmlab.train.optim import AdEMAMix, build_optimizers, parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = "neollm-110m"
@@ -62,13 +65,18 @@ def cpu_flags() -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def baseline_module(rev: str) -> types.ModuleType:
-    """`lmlab.nn.delta_rule` as it was at `rev` (read from git), as a module of its own."""
-    source = subprocess.run(["git", "show", f"{rev}:src/lmlab/nn/delta_rule.py"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout
-    module = types.ModuleType(f"delta_rule_{rev}")
-    exec(compile(source, f"delta_rule@{rev}", "exec"), module.__dict__)
+def git_module(rev: str, path: str) -> types.ModuleType:
+    """The module at `path` as it was at `rev` (read from git), as a module of its own."""
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    module = types.ModuleType(f"{Path(path).stem}_{rev}")
+    exec(compile(source, f"{path}@{rev}", "exec"), module.__dict__)
     return module
+
+
+def baseline_module(rev: str) -> types.ModuleType:
+    """`lmlab.nn.delta_rule` as it was at `rev`."""
+    return git_module(rev, "src/lmlab/nn/delta_rule.py")
 
 
 def timed(fn) -> tuple[float, float]:
@@ -266,6 +274,33 @@ def memory_section(args) -> dict:
                for name in ("lmlab", "lmlab_baseline", "hf_qwen3_next")}}
 
 
+# ---- optimizers
+
+def optim_section(args) -> dict:
+    model = LMLabForCausalLM(preset_config(PRESET))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    baseline = git_module(args.baseline, "src/lmlab/train/optim.py")
+
+    def groups():
+        return parameter_groups(model.named_parameters(), 0.1)
+
+    ademamix = dict(lr=6e-4, betas=(0.9, 0.999, 0.999), alpha=5.0, t_alpha=5000, t_beta3=5000)
+    optimizers = {f"adamw_{kind}": torch.optim.AdamW(groups(), lr=1e-4, **flags) for kind, flags in (
+        ("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True}))}
+    optimizers["ademamix_baseline"] = baseline.AdEMAMix(groups(), **ademamix)
+    optimizers["ademamix"] = AdEMAMix(groups(), **ademamix)
+    variants = {name: optimizer.step for name, optimizer in optimizers.items()}
+    for fn in variants.values():  # state allocation
+        fn()
+    times = best_of(args.rounds, variants)
+    print("optim done", file=sys.stderr, flush=True)
+    return {"parameters": sum(p.numel() for p in model.parameters()), **times,
+            "adamw_fused_speedup_vs_loop": round(times["adamw_loop"]["wall_s"] / times["adamw_fused"]["wall_s"], 2),
+            "ademamix_speedup_vs_baseline": round(times["ademamix_baseline"]["wall_s"] / times["ademamix"]["wall_s"],
+                                                  2)}
+
+
 # ---- profile
 
 def profile_section(args, rows: int = 20) -> list[dict]:
@@ -297,7 +332,7 @@ def child(args, *task: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="*", default=["kernel", "model", "memory", "profile"])
+    parser.add_argument("--sections", nargs="*", default=["kernel", "optim", "model", "memory", "profile"])
     parser.add_argument("--batch", type=int, default=2, help="model and profile batch")
     parser.add_argument("--kernel-batch", type=int, nargs="*", default=[2, 8])
     parser.add_argument("--memory-batch", type=int, default=8)
@@ -319,6 +354,7 @@ def main() -> None:
                "torch": torch.__version__, "baseline": args.baseline,
                "env": {k: os.environ.get(k) for k in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS")}}
     sections = {"kernel": lambda: kernel_section(args, baseline), "model": lambda: model_section(args, baseline),
+                "optim": lambda: optim_section(args),
                 "memory": lambda: memory_section(args), "profile": lambda: profile_section(args)}
     for name in args.sections:
         results[name] = sections[name]()

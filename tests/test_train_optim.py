@@ -11,7 +11,6 @@ from torch import nn
 from conftest import tiny_model
 from lmlab import get_preset, list_presets
 from lmlab.train.config import config_from_recipe
-from lmlab.train import optim
 from lmlab.train.optim import AdEMAMix, ademamix_alpha, ademamix_beta3, build_optimizers, parameter_groups
 from lmlab.train.schedules import Schedule, build_schedule, lr_schedulers
 
@@ -177,22 +176,3 @@ def test_adamw_implementation_matches_the_per_parameter_loop(name):
         reference.step()
     for p, q in zip(model.parameters(), reference_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
-
-
-def test_ademamix_in_slices_equals_whole_tensor_updates(monkeypatch):
-    """The CPU path updates flat slices of CPU_SLICE elements; the same steps on whole tensors give the same values."""
-    torch.manual_seed(0)
-    sliced = [torch.randn(7, 9, requires_grad=True), torch.randn(5, requires_grad=True)]
-    whole = [p.detach().clone().requires_grad_() for p in sliced]
-    settings = dict(lr=1e-2, betas=(0.9, 0.99, 0.999), alpha=3.0, t_alpha=3, t_beta3=3, weight_decay=0.1)
-    optimizers = AdEMAMix(sliced, **settings), AdEMAMix(whole, **settings)
-    for _ in range(4):
-        for a, b in zip(sliced, whole, strict=True):
-            a.grad = torch.randn_like(a)
-            b.grad = a.grad.clone()
-        monkeypatch.setattr(optim, "CPU_SLICE", 4)  # 7 × 9 in 16 slices, the last one short
-        optimizers[0].step()
-        monkeypatch.setattr(optim, "CPU_SLICE", 1 << 30)
-        optimizers[1].step()
-    for a, b in zip(sliced, whole, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)

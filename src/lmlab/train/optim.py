@@ -2,8 +2,7 @@
 
     adamw      torch.optim.AdamW (decoupled decay p ← p − η(m̂/(√v̂ + ε) + λp), the optax/yatgpt convention too), fused
                where torch supports it (`adam_implementation`)
-    ademamix   AdEMAMix (Pagliardini et al. 2024) with its α and β3 warm-up schedulers, below (NeoLLM); on a CPU in
-               cache-sized slices
+    ademamix   AdEMAMix (Pagliardini et al. 2024) with its α and β3 warm-up schedulers, below (NeoLLM)
     lion       lion-pytorch's Lion: p ← p(1 − ηλ); p ← p − η·sign(β1·m + (1 − β1)g); m ← β2·m + (1 − β2)g  (NYX)
     muon       torch.optim.Muon on the hidden weight matrices (Newton–Schulz orthogonalised momentum, learning rate
                matched to AdamW's update RMS), AdamW (fused where supported) on embeddings, the head and every 1-D
@@ -41,32 +40,17 @@ def ademamix_alpha(step: int, alpha: float, warmup: int | None) -> float:
     return alpha * min(step / warmup, 1.0) if warmup else alpha
 
 
-CPU_SLICE = 1 << 16  # elements per slice of an AdEMAMix update on a CPU (the slice and its temporaries stay in L2)
-
-
 def ademamix_update_(param, grad, m1, m2, nu, *, step: int, lr: float, beta1: float, beta2: float, beta3: float,
                      alpha: float, eps: float, weight_decay: float) -> None:
     """One AdEMAMix update of `param` and its state (m1, m2, ν), in place, with c1 = 1 − β1^t, c2 = 1 − β2^t:
-    θ ← θ (1 − ηλ) − η (m1 + α c1 m2) / (c1 (√ν / √c2 + ε))  (the class docstring's update, rearranged)."""
+    θ ← θ (1 − ηλ) − η (m1 + α c1 m2) / (c1 (√ν / √c2 + ε))  (the class docstring's update, rearranged into in-place
+    operations: 10 passes over the parameter's size instead of 14, 2 temporaries of its size instead of 3)."""
     c1, c2 = 1 - beta1**step, 1 - beta2**step
     m1.lerp_(grad, 1 - beta1)
     m2.lerp_(grad, 1 - beta3)
     nu.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denominator = nu.sqrt().mul_(c1 / math.sqrt(c2)).add_(c1 * eps)
     param.mul_(1 - lr * weight_decay).addcdiv_(torch.add(m1, m2, alpha=alpha * c1), denominator, value=-lr)
-
-
-def _cpu_slices(tensors: tuple[torch.Tensor, ...], size: int):
-    """The tensors as aligned flat slices of `size` elements when all are contiguous CPU tensors of more elements,
-    else whole. Elementwise updates slice by slice keep their temporaries in cache and reuse their memory: whole
-    temporaries of the embedding's size are fresh pages every step (~250,000 page faults per NeoLLM-110M step)."""
-    first = tensors[0]
-    if first.device.type != "cpu" or first.numel() <= size or not all(t.is_contiguous() for t in tensors):
-        yield tensors
-        return
-    flat = [t.view(-1) for t in tensors]
-    for start in range(0, first.numel(), size):
-        yield tuple(t[start:start + size] for t in flat)
 
 
 class AdEMAMix(torch.optim.Optimizer):
@@ -78,8 +62,7 @@ class AdEMAMix(torch.optim.Optimizer):
         θ  ← θ − η · [ (m1 / (1 − β1^t) + α(t) m2) / (√ν / √(1 − β2^t) + ε) + λ θ ]
 
     t counts this parameter's steps from 1. α(t) and β3(t) are the warm-up schedulers above (T_α = t_alpha,
-    T_β3 = t_beta3; None = no warm-up). With α = 0 this is AdamW exactly. On a CPU the update runs over slices of
-    `CPU_SLICE` elements (`ademamix_update_` on each; the same elementwise arithmetic as on the whole tensors)."""
+    T_β3 = t_beta3; None = no warm-up). With α = 0 this is AdamW exactly."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
                  alpha: float = 5.0, t_alpha: int | None = None, t_beta3: int | None = None, eps: float = 1e-8,
@@ -116,9 +99,7 @@ class AdEMAMix(torch.optim.Optimizer):
                                 beta3=ademamix_beta3(t, beta1, beta3, group["t_beta3"]),
                                 alpha=ademamix_alpha(t, group["alpha"], group["t_alpha"]),
                                 weight_decay=group["weight_decay"])
-                tensors = (p, p.grad, state["exp_avg"], state["exp_avg_slow"], state["exp_avg_sq"])
-                for pieces in _cpu_slices(tensors, CPU_SLICE):
-                    ademamix_update_(*pieces, **settings)
+                ademamix_update_(p, p.grad, state["exp_avg"], state["exp_avg_slow"], state["exp_avg_sq"], **settings)
         return loss
 
 
@@ -202,5 +183,5 @@ def _known(spec: dict, name: str, allowed: set[str]) -> dict:
     return spec
 
 
-__all__ = ["AdEMAMix", "CPU_SLICE", "OPTIMIZERS", "adam_implementation", "ademamix_alpha", "ademamix_beta3",
+__all__ = ["AdEMAMix", "OPTIMIZERS", "adam_implementation", "ademamix_alpha", "ademamix_beta3",
            "ademamix_update_", "build_optimizers", "decays", "parameter_groups"]
