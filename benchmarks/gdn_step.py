@@ -23,7 +23,7 @@ Sections (`--sections`, default all):
 The machine is shared and noisy: compare ratios measured in the same run (rounds interleave the variants), not
 absolute times. CPU flags and the load average are printed with the results.
 
-    PYTHONPATH=src python benchmarks/gdn_step.py [--sections kernel model memory profile] [--threads 2]
+    PYTHONPATH=src python benchmarks/gdn_step.py [--sections memory kernel optim model profile] [--threads 2]
 """
 
 from __future__ import annotations
@@ -269,9 +269,13 @@ def memory_child(args, name: str) -> float:
 
 
 def memory_section(args) -> dict:
-    return {"batch": args.memory_batch, "seq_len": args.seq_len, "precision": "bf16", "target_GiB": 6.0,
-            **{name: {"peak_rss_GiB": float(child(args, "memory", name))}
-               for name in ("lmlab", "lmlab_baseline", "hf_qwen3_next")}}
+    result = {"batch": args.memory_batch, "seq_len": args.seq_len, "precision": "bf16", "target_GiB": 6.0}
+    for name in ("lmlab", "lmlab_baseline", "hf_qwen3_next"):
+        try:
+            result[name] = {"peak_rss_GiB": float(child(args, "memory", name))}
+        except subprocess.CalledProcessError as error:  # e.g. killed when the shared machine runs out of memory
+            result[name] = {"failed": f"exit status {error.returncode}"}
+    return result
 
 
 # ---- optimizers
@@ -332,7 +336,7 @@ def child(args, *task: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="*", default=["kernel", "optim", "model", "memory", "profile"])
+    parser.add_argument("--sections", nargs="*", default=["memory", "kernel", "optim", "model", "profile"])
     parser.add_argument("--batch", type=int, default=2, help="model and profile batch")
     parser.add_argument("--kernel-batch", type=int, nargs="*", default=[2, 8])
     parser.add_argument("--memory-batch", type=int, default=8)
@@ -358,6 +362,7 @@ def main() -> None:
                 "memory": lambda: memory_section(args), "profile": lambda: profile_section(args)}
     for name in args.sections:
         results[name] = sections[name]()
+        print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)  # kept if a later section fails
     results["load_average"] = {"start": started, "end": os.getloadavg()}
     results["caveat"] = "shared, noisy machine: compare ratios from the same run, not absolute times"
     print(json.dumps(results, indent=1))

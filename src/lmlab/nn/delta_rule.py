@@ -18,9 +18,10 @@ exponent is ever exponentiated), M = strictly_lower(diag(β) K Kᵀ ⊙ Γ), and
 The chunked form computes Γ, M, T = (I + M)⁻¹ (`unit_lower_inverse_`), U, W and P = (Q Kᵀ) ⊙ Γ for every chunk at once,
 scans the chunks only for V' and S, then forms every chunk's O at once; its backward is written out
 (`_ChunkedGatedDeltaRule`) and recomputes the within-chunk quantities, so training stores O(T·d) per head, not
-O(T·C). State, cumulative sums, exponents, the scan and the output sums are fp32 (or fp64); under bf16 autocast the
-within-chunk matmul operands (Q, K, V, Γ, M, T, U, W, P) are bf16 (a few 1e-3 relative error, like the bf16 layers
-around it), else fp32.
+O(T·C). Decay factors and entries of T below ε^1.5 (4e-11 in fp32) are cut to 0 (`_decay`: exp's underflow path
+and subnormal arithmetic are many times slower on CPUs). State, cumulative sums, exponents, the scan and the output
+sums are fp32 (or fp64); under bf16 autocast the within-chunk matmul operands (Q, K, V, Γ, M, T, U, W, P) are bf16
+(a few 1e-3 relative error, like the bf16 layers around it), else fp32.
 
 Layout (as flash-linear-attention): q, k (B, T, H, d_k); v (B, T, H, d_v); g, β (B, T, H); state (B, H, d_k, d_v).
 `gated_delta_rule` dispatches to flash-linear-attention's Triton kernels when that package is importable and the
