@@ -153,3 +153,26 @@ def test_every_preset_recipe_builds_its_optimizer_and_schedule(preset):
     optimizers = build_optimizers(model, config.optimizer)
     schedule = build_schedule(config.schedule, config.peak_lr, total_steps=100)
     assert optimizers and schedule(0) >= 0
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_adamw_implementation_matches_the_per_parameter_loop(name):
+    """build_optimizers picks fused AdamW on a CPU (for Muon: its AdamW part); after a few steps the parameters equal
+    those of torch's per-parameter loop, the reference implementation, with the same groups and settings."""
+    model = tiny_model("ngen4-tiny")
+    reference_model = tiny_model("ngen4-tiny")
+    spec = {"name": name, "lr": 0.01, "weight_decay": 0.1}
+    *_, adamw = build_optimizers(model, spec)
+    *_, reference = build_optimizers(reference_model, spec)
+    assert all(group["fused"] for group in adamw.param_groups)
+    for group in reference.param_groups:  # the same groups, run by the loop
+        group["fused"], group["foreach"] = None, False
+    torch.manual_seed(1)
+    for _ in range(4):
+        for p, q in zip(model.parameters(), reference_model.parameters(), strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        adamw.step()
+        reference.step()
+    for p, q in zip(model.parameters(), reference_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
