@@ -11,6 +11,7 @@ from torch import nn
 from conftest import tiny_model
 from lmlab import get_preset, list_presets
 from lmlab.train.config import config_from_recipe
+from lmlab.train import optim
 from lmlab.train.optim import AdEMAMix, ademamix_alpha, ademamix_beta3, build_optimizers, parameter_groups
 from lmlab.train.schedules import Schedule, build_schedule, lr_schedulers
 
@@ -153,3 +154,45 @@ def test_every_preset_recipe_builds_its_optimizer_and_schedule(preset):
     optimizers = build_optimizers(model, config.optimizer)
     schedule = build_schedule(config.schedule, config.peak_lr, total_steps=100)
     assert optimizers and schedule(0) >= 0
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_adamw_implementation_matches_the_per_parameter_loop(name):
+    """build_optimizers picks fused AdamW on a CPU (for Muon: its AdamW part); after a few steps the parameters equal
+    those of torch's per-parameter loop, the reference implementation, with the same groups and settings."""
+    model = tiny_model("ngen4-tiny")
+    reference_model = tiny_model("ngen4-tiny")
+    spec = {"name": name, "lr": 0.01, "weight_decay": 0.1}
+    *_, adamw = build_optimizers(model, spec)
+    *_, reference = build_optimizers(reference_model, spec)
+    assert all(group["fused"] for group in adamw.param_groups)
+    for group in reference.param_groups:  # the same groups, run by the loop
+        group["fused"], group["foreach"] = None, False
+    torch.manual_seed(1)
+    for _ in range(4):
+        for p, q in zip(model.parameters(), reference_model.parameters(), strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        adamw.step()
+        reference.step()
+    for p, q in zip(model.parameters(), reference_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_ademamix_in_slices_equals_whole_tensor_updates(monkeypatch):
+    """The CPU path updates flat slices of CPU_SLICE elements; the same steps on whole tensors give the same values."""
+    torch.manual_seed(0)
+    sliced = [torch.randn(7, 9, requires_grad=True), torch.randn(5, requires_grad=True)]
+    whole = [p.detach().clone().requires_grad_() for p in sliced]
+    settings = dict(lr=1e-2, betas=(0.9, 0.99, 0.999), alpha=3.0, t_alpha=3, t_beta3=3, weight_decay=0.1)
+    optimizers = AdEMAMix(sliced, **settings), AdEMAMix(whole, **settings)
+    for _ in range(4):
+        for a, b in zip(sliced, whole, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        monkeypatch.setattr(optim, "CPU_SLICE", 4)  # 7 × 9 in 16 slices, the last one short
+        optimizers[0].step()
+        monkeypatch.setattr(optim, "CPU_SLICE", 1 << 30)
+        optimizers[1].step()
+    for a, b in zip(sliced, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
