@@ -10,8 +10,8 @@ from torch import nn
 
 from conftest import tiny_model
 from lmlab import get_preset, list_presets
-from lmlab.train.config import config_from_recipe
 from lmlab.train import optim
+from lmlab.train.config import config_from_recipe
 from lmlab.train.optim import AdEMAMix, ademamix_alpha, ademamix_beta3, build_optimizers, parameter_groups
 from lmlab.train.schedules import Schedule, build_schedule, lr_schedulers
 

@@ -248,14 +248,17 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
                 use_cache: bool | None = None, logits_to_keep: int = 0, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, *, past_key_values: LMLabCache | None = None,
                 output_attentions: bool | None = None, token_type_ids: torch.Tensor | None = None,
-                num_items_in_batch: int | torch.Tensor | None = None) -> CausalLMOutputWithPast | tuple:
+                num_items_in_batch: int | torch.Tensor | None = None,
+                return_logits: bool = True) -> CausalLMOutputWithPast | tuple:
         """`labels` are the input ids with padding set to −100; the model shifts them (targets equal to
         `config.loss_ignore_token_id` are not scored either). The loss is their mean, or, with
         `num_items_in_batch` (transformers' Trainer under gradient accumulation), their sum divided by it.
         `logits_to_keep = k` computes logits for the last k positions only (0 = all).
 
         With `config.loss = "chunked"` and labels, the loss comes from the hidden states without materialising the
-        logits, and `logits` is None unless `logits_to_keep = k` asks for the last k positions'.
+        logits, and `logits` is None unless `logits_to_keep = k` asks for the last k positions'. `return_logits=False`
+        with labels does the same whatever `config.loss` says (the trainer's path: only the loss is wanted, so the
+        batch × sequence × vocabulary logits are never held).
 
         The cache and the other arguments are `LMLabModel.forward`'s; unknown arguments are a TypeError."""
         if labels is not None and use_cache is None:
@@ -268,7 +271,7 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
         loss = logits = None
         if labels is not None:
             labels = mask_ignored_targets(labels, self.config.loss_ignore_token_id)
-        if labels is not None and self.config.loss == "chunked":
+        if labels is not None and (self.config.loss == "chunked" or not return_logits):
             loss = shifted_linear_cross_entropy(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
                                                 softcap=self.config.logit_softcap)
             if logits_to_keep:

@@ -67,7 +67,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("seq_len", BATCH, "tokens per training window", int),
     TrainOption("batch_size", BATCH, "sequences per micro-batch per process", int),
     TrainOption("grad_accum", BATCH, "micro-batches per optimizer step", int),
-    TrainOption("precision", BATCH, "autocast precision", choices=PRECISIONS),
+    TrainOption("precision", BATCH, "autocast precision; auto: bf16 where the hardware runs it fast (a CPU with "
+                "AVX512-BF16 or AMX, a CUDA GPU with bf16), else fp32", choices=PRECISIONS),
     TrainOption("optimizer_name", OPTIMIZATION, "optimizer", choices=OPTIMIZERS, flag="--optimizer"),
     TrainOption("lr", OPTIMIZATION, "peak learning rate", float),
     TrainOption("schedule_name", OPTIMIZATION, "learning-rate schedule", choices=SCHEDULES, flag="--schedule"),
