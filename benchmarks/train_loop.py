@@ -18,6 +18,8 @@ Rows:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -43,7 +45,8 @@ QUIET = dict(tokenizer="bytes", progress=False, tensorboard=False, sample_tokens
 def trained(preset: str, steps: int, out: Path, **options):
     """A short `lmlab train` run of a preset's recipe (bytes tokenizer, built-in corpus); its metrics."""
     config = config_from_recipe(preset, {**QUIET, "steps": steps, **options})
-    result = train(config, out, log=lambda *_: None)
+    with contextlib.redirect_stdout(io.StringIO()):  # the trainer's plain progress lines
+        result = train(config, out, log=lambda *_: None)
     return config, result, read_metrics(out)
 
 
@@ -85,7 +88,8 @@ def step_variants(preset: str, variants: dict, vocab: int = 256) -> dict:
         config = config_from_recipe(preset, {"tokenizer": "bytes", **options})
         config.precision = resolve_precision(config.precision, torch.device("cpu"))[0]
         torch.manual_seed(0)
-        model = LMLabForCausalLM(preset_config(preset, vocab_size=vocab)).train()
+        model = LMLabForCausalLM(preset_config(preset, vocab_size=vocab, bos_token_id=None, eos_token_id=None,
+                                               pad_token_id=None)).train()
         parts = step_parts(model, config, build_schedule(config.schedule, config.peak_lr, 10**9), torch.device("cpu"))
         batch = torch.randint(0, vocab, (config.batch_size, config.seq_len))
         if options.get("compile"):

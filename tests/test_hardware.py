@@ -10,7 +10,10 @@ from conftest import TINY_VOCAB, randomise_parameters, tiny_model
 from lmlab import hardware
 from lmlab.cli import build_parser, main
 from lmlab.hardware import bf16_is_fast, default_threads, physical_cores, read_cpuinfo
-from lmlab.train.step import autocast_context, choose_precision
+from lmlab.train.config import TrainConfig
+from lmlab.train.distributed import Environment
+from lmlab.train.schedules import build_schedule
+from lmlab.train.step import autocast_context, choose_precision, step_parts, train_step
 
 CPUINFO = """processor\t: 0
 model name\t: Some CPU
@@ -110,3 +113,25 @@ def test_loss_only_forward_equals_the_plain_loss(preset):
     assert fast.loss.item() == pytest.approx(plain.loss.item(), abs=1e-5)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_one_autocast_region_per_step_equals_autocast_per_micro_batch():
+    """The trainer's step (one autocast region, weights cast once per step) against the plain loop (autocast per
+    micro-batch forward) under bf16 with accumulation 3: the same loss and the same updated weights, bit for bit."""
+    batches = [torch.randint(0, TINY_VOCAB, (2, 9), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    config = TrainConfig(preset="ngen4-tiny", precision="bf16", grad_clip=1.0, optimizer={"name": "adamw", "lr": 1e-2})
+    schedule = build_schedule({"name": "constant"}, 1e-2, 10)
+    models = [tiny_model("ngen4-tiny", seed=4).train() for _ in range(2)]
+    parts = [step_parts(model, config, schedule, torch.device("cpu")) for model in models]
+    loss, _ = train_step(models[0], batches, 3, parts[0], Environment())
+    total = 0.0
+    for batch in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            micro = models[1](input_ids=batch, labels=batch, return_logits=False).loss / 3
+        micro.backward()
+        total += micro.item()
+    torch.nn.utils.clip_grad_norm_(models[1].parameters(), 1.0)
+    parts[1].optimizers[0].step()
+    assert loss == pytest.approx(total, rel=1e-6)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)

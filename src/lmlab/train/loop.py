@@ -158,10 +158,16 @@ def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool
     model.train()
     window_start, window_tokens = time.perf_counter(), 0
     try:
+        compiling = config.compile
         while step < config.steps:
             lr = parts.schedulers[0].get_last_lr()[0]
             try:
+                step_start = time.perf_counter()
                 loss_value, grad_norm = train_step(model, micro_batches(samples_seen), accum, parts, env)
+                if compiling:
+                    progress.write(f"torch.compile: the first step took {time.perf_counter() - step_start:.1f} s "
+                                   "(compiling included)")
+                    compiling = False
             except TrainingDiverged as err:
                 last = latest_checkpoint(run_dir)
                 raise TrainingDiverged(

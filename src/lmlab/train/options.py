@@ -94,7 +94,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("tensorboard", LOOP, "no TensorBoard logs", None, flag="--no-tensorboard", switch=False,
                 per_run=True),
     TrainOption("wandb", LOOP, "also log to Weights & Biases", None, per_run=True),
-    TrainOption("compile", SYSTEM, "torch.compile the model", None),
+    TrainOption("compile", SYSTEM, "torch.compile the model (compiling takes minutes on a small CPU, and the tiny "
+                "presets' steps measured slower compiled there: benchmarks/train_loop.py)", None),
     TrainOption("grad_checkpointing", SYSTEM, "recompute activations in backward", None),
     TrainOption("distributed", SYSTEM, "strategy under torchrun", choices=DISTRIBUTED_STRATEGIES, per_run=True),
 )

@@ -6,8 +6,10 @@
     unscale; clip the global gradient norm; step every optimizer; update the loss scale; zero the gradients;
     step every learning-rate scheduler
 
-The model is asked for the loss only (`return_logits=False`): it is computed from the hidden states chunk by chunk,
-never holding the batch × sequence × vocabulary logits (lmlab.nn.loss).
+The micro-batches share one autocast region (each backward runs with autocast off, nested inside it): torch.autocast
+caches the bf16 copy of each weight until the outermost region ends, so a weight is cast once per step, not once per
+micro-batch. The model is asked for the loss only (`return_logits=False`): it is computed from the hidden states
+chunk by chunk, never holding the batch × sequence × vocabulary logits (lmlab.nn.loss).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from lmlab.errors import TrainingDiverged
 from lmlab.hardware import device_runs_bf16_fast
+from lmlab.nn.numerics import autocast_disabled
 from lmlab.train import distributed as dist_utils
 from lmlab.train.config import PRECISIONS
 from lmlab.train.optim import build_optimizers
@@ -82,13 +85,14 @@ def train_step(model: nn.Module, micro_batches: Iterable[torch.Tensor], accumula
                env: dist_utils.Environment) -> tuple[float, float]:
     """One optimizer step over `accumulation` micro-batches (token ids, labels = inputs); returns (the loss averaged
     over micro-batches and processes, the gradient norm before clipping)."""
-    autocast = autocast_context(parts.precision, env.device)
     step_loss = torch.zeros((), device=env.device)
-    for m, batch in enumerate(micro_batches):
-        with dist_utils.gradient_sync(model, m == accumulation - 1), autocast:
-            loss = model(input_ids=batch, labels=batch, return_logits=False).loss / accumulation
-        parts.scaler.scale(loss).backward()
-        step_loss += loss.detach()
+    with autocast_context(parts.precision, env.device):  # one region per step, so each weight is cast once
+        for m, batch in enumerate(micro_batches):
+            with dist_utils.gradient_sync(model, m == accumulation - 1):
+                loss = model(input_ids=batch, labels=batch, return_logits=False).loss / accumulation
+            with autocast_disabled(env.device):  # nested: the region's cache of bf16 weights survives it
+                parts.scaler.scale(loss).backward()
+            step_loss += loss.detach()
     loss_value = float(dist_utils.mean_over_processes(step_loss, env))
     if not math.isfinite(loss_value):
         for optimizer in parts.optimizers:
