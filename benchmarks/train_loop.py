@@ -5,7 +5,7 @@ Rows:
                      loop (batch, forward with labels, backward, clip, optimizer step, zero_grad) of the same model,
                      batch and optimizer: steady-state tokens/s, steps after the first two (target ≥ 0.95)
   bf16 pays          the trainer's step under bf16 autocast against fp32 (target ≥ 1 where `--precision auto`
-                     picks bf16; reported as not chosen elsewhere)
+                     picks bf16; reported elsewhere: auto keeps models narrower than 256 in fp32 on a CPU)
   --compile          torch.compile'd model against eager, steady state, compile time in the note (reported: lmlab
                      never compiles unless asked; full runs only: compiling takes minutes)
   threads            one torch thread against two on this machine now (reported)
@@ -111,14 +111,14 @@ def timed_first(functions: dict) -> dict:
 def measure(quick: bool) -> dict:
     rounds = 2 if quick else 3
     results: dict = {"machine": machine()}
-    auto = resolve_precision("auto", torch.device("cpu"))
-    results["auto"] = auto
+    results["auto"] = {}
     with tempfile.TemporaryDirectory() as folder:
         results["loop_overhead"] = loop_overhead(12 if quick else 30, rounds, Path(folder))
         presets = [TINY] if quick else [TINY, "n4-tiny", "nyx-tiny", "llama-tiny"]
         results["precision"] = {}
         for preset in presets:
             functions = step_variants(preset, {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}})
+            results["auto"][preset] = resolve_precision("auto", torch.device("cpu"), preset_config(preset).hidden_size)
             timed_first(functions)
             results["precision"][preset] = best_of(rounds, functions)
         if not quick:  # compiling takes minutes on a small CPU
@@ -139,11 +139,11 @@ def measure(quick: bool) -> dict:
 
 
 def table_rows(results: dict) -> list[dict]:
-    chosen, why = results["auto"]
     loop = results["loop_overhead"]
     rows = [row(f"lmlab train vs raw step loop ({TINY})", loop["raw loop"] / loop["lmlab train"], 0.95)]
     for preset, best in results["precision"].items():
         ratio = best["fp32"]["wall_s"] / best["bf16"]["wall_s"]
+        chosen, why = results["auto"][preset]
         rows.append(row(f"bf16 vs fp32 step, {preset} recipe", ratio, 1.0 if chosen == "bf16" else None,
                         f"auto chooses {chosen} ({why})"))
     if "compile" in results:

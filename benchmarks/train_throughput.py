@@ -142,6 +142,10 @@ def table_rows(measured: dict) -> list[dict]:
             r = measured["results"][key][precision]
             rows.append(row(f"{label}, {precision} ({size})", r["ratio"], TARGETS[key],
                             f"CPU-time ratio {r['cpu_time_ratio']:.2f}"))
+    for key, label in (("ngen4-50m", "ngen4-50m"), ("n4", "N4 d512/L8")):
+        r = measured["results"][key]
+        rows.append(row(f"{label} bf16 vs fp32 step, lmlab ({size}; auto chooses bf16 here)",
+                        r["bf16"]["lmlab_tokens_per_s"] / r["fp32"]["lmlab_tokens_per_s"], 1.0))
     bf16 = measured["results"]["ngen4-50m"]["bf16"]
     rows.append(row(f"ngen4-50m bf16 MFU ({size})", bf16["lmlab_mfu"], MFU_TARGET,
                     f"GPT-NeoX: {bf16['reference_mfu']:.3f}; fp32 MFU "

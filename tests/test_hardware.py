@@ -13,7 +13,7 @@ from lmlab.hardware import bf16_is_fast, default_threads, physical_cores, read_c
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Environment
 from lmlab.train.schedules import build_schedule
-from lmlab.train.step import autocast_context, choose_precision, step_parts, train_step
+from lmlab.train.step import CPU_BF16_MIN_WIDTH, autocast_context, choose_precision, step_parts, train_step
 
 CPUINFO = """processor\t: 0
 model name\t: Some CPU
@@ -49,6 +49,11 @@ def test_auto_precision_follows_the_hardware():
     precision, why = choose_precision("auto", "cpu", bf16_fast=False)  # an AVX2-only CPU
     assert precision == "fp32" and "not faster" in why
     assert choose_precision("auto", "cuda", bf16_fast=True)[0] == "bf16"
+    # on a CPU, narrow models stay fp32 (the casts outweigh the faster matmuls); on a GPU width does not matter
+    assert choose_precision("auto", "cpu", bf16_fast=True, hidden_size=CPU_BF16_MIN_WIDTH)[0] == "bf16"
+    precision, why = choose_precision("auto", "cpu", bf16_fast=True, hidden_size=64)
+    assert precision == "fp32" and "width 64" in why
+    assert choose_precision("auto", "cuda", bf16_fast=True, hidden_size=64)[0] == "bf16"
     assert choose_precision("fp32", "cpu", bf16_fast=True) == ("fp32", "asked for")
     with pytest.raises(ValueError, match="precision must be one of"):
         choose_precision("fp8", "cpu", bf16_fast=True)

@@ -72,13 +72,13 @@ def run_training(config: TrainConfig, source: ModelSource, run_dir: str | Path, 
 
 def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool, env: dist_utils.Environment,
            log) -> TrainResult:
-    config.precision, why = resolve_precision(config.precision, env.device)
-    log(f"precision: {config.precision} ({why}); {torch.get_num_threads()} torch thread(s)")
     checkpoint = _checkpoint_to_resume(run_dir, resume)
     if checkpoint is None:
         source.start(run_dir, env, log)
     data = prepare_data(config, env, log, tokenizer_spec=source.tokenizer_spec(run_dir))
     model = source.build(data.tokenizer, run_dir, checkpoint, log)
+    config.precision, why = resolve_precision(config.precision, env.device, getattr(model.config, "hidden_size", None))
+    log(f"precision: {config.precision} ({why}); {torch.get_num_threads()} torch thread(s)")
     tokenizer = data.tokenizer
     parameters = count_parameters(model)
     if not config.steps:
