@@ -11,11 +11,13 @@ import torch
 
 import lmlab
 from lmlab import LMLabConfig, LMLabForCausalLM, preset_config
+from lmlab.hardware import THREADS_VARIABLE
 from lmlab.nn.context import ForwardContext
 
 # Tiny test models gain nothing from intra-op threads, and on a busy 2-core machine every small op then waits for a
 # descheduled OpenMP thread (milliseconds each): one thread per test process (xdist runs two) is many times faster.
 torch.set_num_threads(1)
+os.environ[THREADS_VARIABLE] = "1"  # and the command line (lmlab.cli.main) keeps it so
 
 REPO = Path(__file__).resolve().parents[1]
 # LMLAB_SHARED_DATA points elsewhere (e.g. from a git worktree, whose parent holds no shared/ folder)

@@ -35,6 +35,7 @@ from lmlab.presets import preset_config
 from lmlab.run_layout import resolve_model_dir
 from lmlab.train.distributed import Environment
 from lmlab.train.metrics import read_metrics
+from lmlab.train.step import resolve_precision
 
 SMALL = ["--set", "hidden_size=32", "--set", "intermediate_size=64", "--set", "num_attention_heads=2"]
 
@@ -288,7 +289,9 @@ def test_each_recorded_command_reproduces_its_run(compared):
         assert run_dir == str(out / run.run_dir)
         assert config.to_dict() == run.config({"cache_dir": str(compared["cache"]), "progress": False}).to_dict()
         saved = json.loads((resolve_model_dir(out / run.run_dir) / "train_config.json").read_text())
-        expected = {**config.trajectory(), "steps": plan.facts[run.variant]["steps"]}  # the trainer resolves tokens
+        # the trainer resolves tokens into steps and auto into the precision it trained in
+        expected = {**config.trajectory(), "steps": plan.facts[run.variant]["steps"],
+                    "precision": resolve_precision(config.precision, torch.device("cpu"))[0]}
         assert {k: v for k, v in saved.items() if k in expected} == expected
 
 
@@ -314,7 +317,7 @@ def test_a_different_request_for_the_same_folder_is_refused(compared, corpus, ca
 @pytest.mark.parametrize("variants,extra,message", [
     (("ngen4-tiny:mixer=selective_copy,num_key_value_heads=2",), [], r"variant 'ngen4-tiny:mixer=.*multi-head only"),
     (("ngen4-tiny:norm=dyt@layers:9",), [], "layer 9 does not exist"),
-    (("ngen4-tiny", "n4-tiny"), [], "disagree on"),
+    (("ngen4-tiny", "yatgpt-tiny"), [], "disagree on seq_len"),
     (("ngen4-tiny",), ["--budget", "tokens=10"], "less than one optimizer step"),
 ])
 def test_impossible_comparisons_are_refused_before_training(corpus, tmp_path, capsys, variants, extra, message):

@@ -248,14 +248,17 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
                 use_cache: bool | None = None, logits_to_keep: int = 0, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, *, past_key_values: LMLabCache | None = None,
                 output_attentions: bool | None = None, token_type_ids: torch.Tensor | None = None,
-                num_items_in_batch: int | torch.Tensor | None = None) -> CausalLMOutputWithPast | tuple:
+                num_items_in_batch: int | torch.Tensor | None = None,
+                return_logits: bool = True) -> CausalLMOutputWithPast | tuple:
         """`labels` are the input ids with padding set to −100; the model shifts them (targets equal to
         `config.loss_ignore_token_id` are not scored either). The loss is their mean, or, with
         `num_items_in_batch` (transformers' Trainer under gradient accumulation), their sum divided by it.
         `logits_to_keep = k` computes logits for the last k positions only (0 = all).
 
         With `config.loss = "chunked"` and labels, the loss comes from the hidden states without materialising the
-        logits, and `logits` is None unless `logits_to_keep = k` asks for the last k positions'.
+        logits, and `logits` is None unless `logits_to_keep = k` asks for the last k positions'. `return_logits=False`
+        with labels returns the loss only (the trainer's path); on a CPU it is computed as with loss="chunked", never
+        holding the batch × sequence × vocabulary logits.
 
         The cache and the other arguments are `LMLabModel.forward`'s; unknown arguments are a TypeError."""
         if labels is not None and use_cache is None:
@@ -268,7 +271,10 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
         loss = logits = None
         if labels is not None:
             labels = mask_ignored_targets(labels, self.config.loss_ignore_token_id)
-        if labels is not None and self.config.loss == "chunked":
+        # loss only: chunked on a CPU, where fewer passes over the logits pay; on a GPU the materialised head and
+        # cross-entropy kernels are faster (ngen4-50m on an H200: 0.77× with chunks), so logits are made and dropped
+        chunked = self.config.loss == "chunked" or (not return_logits and not hidden.is_cuda)
+        if labels is not None and chunked:
             loss = shifted_linear_cross_entropy(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
                                                 softcap=self.config.logit_softcap)
             if logits_to_keep:
@@ -280,6 +286,7 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
             logits = self.compute_logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
             if labels is not None:
                 loss = shifted_cross_entropy(logits, labels)
+                logits = logits if return_logits else None
         if loss is not None and num_items_in_batch is not None:
             loss = scale_loss_to_item_count(loss, labels, num_items_in_batch)
         output = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,

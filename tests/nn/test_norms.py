@@ -72,3 +72,19 @@ def test_zero_centred_rmsnorm_formula_and_init():
     torch.testing.assert_close(norm(x), plain)
     torch.nn.init.normal_(norm.weight)
     torch.testing.assert_close(norm(x), plain * (1 + norm.weight))
+
+
+def test_dyt_runs_in_the_input_dtype_and_fp32_is_the_plain_formula():
+    """DyT has no statistics: bf16 inputs stay bf16 (no fp32 round trip), fp32 is exactly γ·tanh(αx) + β."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16) * 2
+    full, reduced = DyT(16, 0.7), ReducedDyT(16)
+    with torch.no_grad():
+        for p in (full.weight, full.bias, reduced.weight):
+            p.copy_(torch.randn(16))
+    assert torch.equal(full(x), torch.tanh(0.7 * x) * full.weight + full.bias)
+    assert torch.equal(reduced(x), torch.tanh(x) * reduced.weight)
+    for norm in (full, reduced):
+        low = norm(x.bfloat16())
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), norm(x), atol=0.05, rtol=0.02)

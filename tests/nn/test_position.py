@@ -147,3 +147,20 @@ def test_rotated_scores_depend_only_on_relative_position():
 
     assert score(40, 7) == pytest.approx(score(340, 307), abs=1e-4)  # fp32 angles: exact up to rounding
     assert score(40, 7) != pytest.approx(score(40, 8), abs=1e-2)
+
+
+def test_rotation_runs_in_the_activation_dtype():
+    """fp32 activations rotate exactly as x·cos + rotate_half(x)·sin with the fp32 tables; bf16 ones in bf16 with
+    the tables cast once (GPT-NeoX's way), close to the fp32 rotation."""
+    from lmlab.nn.position import rotate_half
+
+    config = preset_config("ngen4-tiny", rope_pct=0.5)
+    rope = RotaryEmbedding(config)
+    rotation = rope(torch.arange(7)[None])
+    x = torch.randn(1, 4, 7, config.head_dim)
+    r = rotation.cos.shape[-1]
+    expected = torch.cat((x[..., :r] * rotation.cos + rotate_half(x[..., :r]) * rotation.sin, x[..., r:]), -1)
+    assert torch.equal(rotation.queries(x), expected)
+    low = rotation.keys(x.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), expected, atol=0.05, rtol=0.02)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,9 +28,8 @@ from lmlab.config import LMLabConfig
 from lmlab.model import LMLabForCausalLM
 from lmlab.train import distributed as dist_utils
 from lmlab.train.config import TrainConfig
-from lmlab.train.optim import build_optimizers
-from lmlab.train.schedules import build_schedule, lr_schedulers
-from lmlab.train.step import StepParts, train_step
+from lmlab.train.schedules import build_schedule
+from lmlab.train.step import resolve_precision, step_parts, train_step
 
 KINDS = ("tokens", "flops", "seconds")
 SUFFIXES = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12, "P": 1e15}
@@ -103,12 +102,8 @@ def measure_step_seconds(config: TrainConfig, model_config: LMLabConfig, env: di
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = LMLabForCausalLM(model_config).to(device).train()
-        optimizers = build_optimizers(model, config.optimizer)
-        schedule = build_schedule(config.schedule, config.peak_lr, warmup + timed)
-        parts = StepParts(optimizers=optimizers, schedulers=lr_schedulers(optimizers, schedule),
-                          scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"),
-                          parameters=[p for p in model.parameters() if p.requires_grad], grad_clip=config.grad_clip,
-                          precision=config.precision)
+        config = replace(config, precision=resolve_precision(config.precision, device, model_config.hidden_size)[0])
+        parts = step_parts(model, config, build_schedule(config.schedule, config.peak_lr, warmup + timed), device)
         batch = torch.randint(0, model_config.vocab_size, (config.batch_size, config.seq_len), device=device)
         times = []
         for step in range(warmup + timed):

@@ -1,4 +1,5 @@
-"""Normalisation layers. Statistics are always computed in fp32 and the result cast back to the input dtype.
+"""Normalisation layers. Statistics are always computed in fp32 and the result cast back to the input dtype; DyT has
+no statistics (an elementwise tanh) and runs in the input's dtype.
 
 | name | formula | parameters |
 |---|---|---|
@@ -95,8 +96,7 @@ class DyT(Component):
         init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tanh(self.alpha.float() * x.float()) * self.weight.float() + self.bias.float()
-        return y.to(x.dtype)
+        return torch.tanh(self.alpha.to(x.dtype) * x) * self.weight.to(x.dtype) + self.bias.to(x.dtype)
 
 
 class ReducedDyT(Component):
@@ -110,7 +110,7 @@ class ReducedDyT(Component):
         init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.tanh(x.float()) * self.weight.float()).to(x.dtype)
+        return torch.tanh(x) * self.weight.to(x.dtype)
 
 
 EPS = ("norm_eps",)

@@ -6,7 +6,7 @@ RoPE (GPT-NeoX layout, half-split): with r = rotary_dim rotated channels per hea
 
     x' = x ⊙ cos φ + rotate_half(x) ⊙ sin φ,   rotate_half(a, b) = (−b, a);
 
-channels r.. pass unchanged. Tables and the rotation itself are computed in fp32.
+channels r.. pass unchanged. Tables are computed in fp32; the rotation runs in the activations' dtype.
 
 `rope_sign = −1` rotates by −φ instead (sin negated): with x1, x2 the two halves, y1 = x1 cos φ + x2 sin φ and
 y2 = −x1 sin φ + x2 cos φ (nanochat / flaxchat). Scores still depend only on relative positions, but trained
@@ -32,19 +32,28 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Rotation:
-    """Rotary tables for one forward: cos and sin of shape (B, 1, T, r), fp32."""
+    """Rotary tables for one forward: cos and sin of shape (B, 1, T, r), computed in fp32 and cast to the
+    activations' dtype (once per dtype), in which the rotation runs (as GPT-NeoX does; fp32 activations rotate in
+    fp32 exactly as before)."""
 
     def __init__(self, cos: torch.Tensor, sin: torch.Tensor):
         self.cos = cos
         self.sin = sin
+        self._cast: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if dtype not in self._cast:
+            self._cast[dtype] = (self.cos.to(dtype), self.sin.to(dtype))
+        return self._cast[dtype]
 
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         r = self.cos.shape[-1]
-        x_rot = x[..., :r].float()
-        rotated = x_rot * self.cos + rotate_half(x_rot) * self.sin
+        cos, sin = self._tables(x.dtype)
+        x_rot = x[..., :r]
+        rotated = x_rot * cos + rotate_half(x_rot) * sin
         if r == x.shape[-1]:
-            return rotated.to(x.dtype)
-        return torch.cat((rotated.to(x.dtype), x[..., r:]), dim=-1)
+            return rotated
+        return torch.cat((rotated, x[..., r:]), dim=-1)
 
     def queries(self, q: torch.Tensor) -> torch.Tensor:
         """Rotate queries (B, H, T, d_h)."""

@@ -20,7 +20,8 @@ class Preset:
                      becomes the tokenizer's size rounded up to a multiple of 64
         seq_len      training sequence length
         batch_size   sequences per micro-batch;  grad_accum  micro-batches per optimizer step
-        precision    "fp32" | "bf16" | "fp16" (autocast)
+        precision    "auto" | "fp32" | "bf16" | "fp16" (autocast; every recipe says "auto": bf16 where the hardware
+                     runs it fast, fp32 elsewhere — the published bf16 recipes trained on GPUs)
         optimizer    {"name": "adamw" | "ademamix" | "lion" | "muon", "lr" (peak), "weight_decay",
                       "no_decay": "1d" (default: no decay on parameters with < 2 dims) | "none" | [name globs],
                       adamw: "betas" (2), "eps";  ademamix: "betas" (3), "alpha", "t_alpha", "t_beta3", "eps";

@@ -20,7 +20,7 @@ LLAMA3_ROPE_SCALING = dict(type="llama3", factor=32.0, low_freq_factor=1.0, high
 # pre-training settings (AdamW β 0.9 / 0.95, ε 1e-5, decay 0.1, clip 1.0, 2,000 warm-up steps, cosine to 10%) at the
 # 1B-class peak learning rate, with Llama 3's 8,192-token sequences.
 LLAMA_RECIPE = dict(
-    tokenizer="meta-llama/Llama-3.2-1B", seq_len=8192, batch_size=4, grad_accum=32, precision="bf16",
+    tokenizer="meta-llama/Llama-3.2-1B", seq_len=8192, batch_size=4, grad_accum=32, precision="auto",
     optimizer=dict(name="adamw", lr=3e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1),
     schedule=dict(name="cosine", warmup_steps=2000, min_lr_ratio=0.1), grad_clip=1.0,
     source="inferred: Llama 2 paper's optimizer and schedule (arXiv 2307.09288 §2.2), Llama 3's sequence length; "
@@ -45,7 +45,7 @@ register_preset(Preset(
     config=dict(LLAMA_COMPONENTS, vocab_size=256, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                 rope_scaling=dict(LLAMA3_ROPE_SCALING, factor=8.0, original_max_position_embeddings=256)),
-    recipe=dict(LLAMA_RECIPE, tokenizer="bytes", seq_len=128, batch_size=16, grad_accum=1, precision="fp32",
+    recipe=dict(LLAMA_RECIPE, tokenizer="bytes", seq_len=128, batch_size=16, grad_accum=1, precision="auto",
                 optimizer=dict(LLAMA_RECIPE["optimizer"], lr=2e-3),
                 schedule=dict(name="cosine", warmup_steps=20, min_lr_ratio=0.1), source="lmlab tiny variant"),
 ))

@@ -11,7 +11,7 @@ N4_COMPONENTS = dict(
 # The card's settings block (eps 1e-9) with nanoGPT's cosine decay after the 2000-step warmup (not stated on the
 # card; inferred because every other setting equals nanoGPT's GPT-2 defaults).
 N4_RECIPE = dict(
-    tokenizer="mistral-v3", seq_len=512, batch_size=8, grad_accum=16, precision="bf16",
+    tokenizer="mistral-v3", seq_len=512, batch_size=8, grad_accum=16, precision="auto",
     optimizer=dict(name="adamw", lr=6e-4, betas=(0.9, 0.95), eps=1e-9, weight_decay=0.1),
     schedule=dict(name="cosine", warmup_steps=2000, min_lr=6e-5), grad_clip=None,
     source="N4 README 'Training Setting' block; schedule after warmup inferred (nanoGPT)",

@@ -31,7 +31,7 @@ NEOLLM_COMPONENTS = dict(
 # The card: AdEMAMix (0.9, 0.999, 0.999), alpha 5, T_alpha = T_beta3 = 5000, weight decay 0.1; linear warm-up from
 # 3e-4 to 6e-4 over 5000 steps, then cosine to 6e-5; bf16. Batch size and clipping are not published.
 NEOLLM_RECIPE = dict(
-    tokenizer="qwen", seq_len=512, batch_size=32, grad_accum=4, precision="bf16",
+    tokenizer="qwen", seq_len=512, batch_size=32, grad_accum=4, precision="auto",
     optimizer=dict(name="ademamix", lr=6e-4, betas=(0.9, 0.999, 0.999), alpha=5.0, t_alpha=5000, t_beta3=5000,
                    eps=1e-8, weight_decay=0.1),
     schedule=dict(name="warm_start_cosine", warmup_steps=5000, start_lr=3e-4, min_lr=6e-5), grad_clip=1.0,
@@ -66,7 +66,7 @@ register_preset(Preset(
                 linear_num_key_heads=2, linear_key_head_dim=16, linear_num_value_heads=4, linear_value_head_dim=16,
                 linear_chunk_size=16),
     # fp32: a CPU-sized model, and CPUs without AVX512-BF16 run bf16 matmuls far slower than fp32
-    recipe=dict(NEOLLM_RECIPE, seq_len=128, batch_size=16, grad_accum=1, precision="fp32",
+    recipe=dict(NEOLLM_RECIPE, seq_len=128, batch_size=16, grad_accum=1, precision="auto",
                 optimizer=dict(NEOLLM_RECIPE["optimizer"], lr=2e-3, t_alpha=200, t_beta3=200),
                 schedule=dict(name="warm_start_cosine", warmup_steps=20, start_lr=1e-3, min_lr=2e-4),
                 source="lmlab tiny variant"),

@@ -12,7 +12,7 @@ NGEN4_COMPONENTS = dict(
 
 # HF Trainer defaults (the card describes a Transformers model trained on WikiText-2; no recipe is published).
 NGEN4_RECIPE = dict(
-    tokenizer="gpt2", seq_len=512, batch_size=8, grad_accum=1, precision="fp32",
+    tokenizer="gpt2", seq_len=512, batch_size=8, grad_accum=1, precision="auto",
     optimizer=dict(name="adamw", lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
     schedule=dict(name="linear", warmup_steps=0, min_lr=0.0), grad_clip=1.0,
     source="inferred: Hugging Face Trainer defaults",

@@ -14,7 +14,7 @@ NYX_COMPONENTS = dict(
 # src/train.py: Lion(lr 1e-4) with the library's defaults, no schedule, 4 x 4 micro-batches of 1024 bytes, clip 0.5,
 # 100,000 steps, fp32 (accelerate's default).
 NYX_RECIPE = dict(
-    tokenizer="bytes", seq_len=1024, batch_size=4, grad_accum=4, precision="fp32",
+    tokenizer="bytes", seq_len=1024, batch_size=4, grad_accum=4, precision="auto",
     optimizer=dict(name="lion", lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
     schedule=dict(name="constant", warmup_steps=0), grad_clip=0.5,
     source="NYX src/train.py (100,000 steps on enwik8, first 90M bytes)",

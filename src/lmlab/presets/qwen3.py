@@ -37,7 +37,7 @@ register_preset(Preset(
     config=dict(QWEN3_COMPONENTS, vocab_size=151936, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
                 tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643),
-    recipe=dict(QWEN3_RECIPE, seq_len=128, batch_size=16, grad_accum=1, precision="fp32",
+    recipe=dict(QWEN3_RECIPE, seq_len=128, batch_size=16, grad_accum=1, precision="auto",
                 optimizer=dict(QWEN3_RECIPE["optimizer"], lr=2e-3),
                 schedule=dict(name="cosine", warmup_steps=20, min_lr_ratio=0.1), source="lmlab tiny variant"),
 ))

@@ -40,7 +40,7 @@ YATGPT_COMPONENTS = dict(
 # steps = the published 256 × 1024 tokens per step (8 TPU cores × 32). Training length: 20 tokens per parameter,
 # value-embedding tables included (19,922 steps for yatgpt-d12).
 YATGPT_RECIPE = dict(
-    tokenizer="mistral-v1", seq_len=SEQ_LEN, batch_size=32, grad_accum=8, precision="bf16",
+    tokenizer="mistral-v1", seq_len=SEQ_LEN, batch_size=32, grad_accum=8, precision="auto",
     optimizer=dict(name="adamw", lr=0.03, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                    no_decay="none"),  # optax decays every parameter: embeddings, norms, scalars included
     schedule=dict(name="cosine", warmup_steps=500, min_lr=0.0015),  # linear warmup, cosine to 5% of the peak

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from lmlab.overrides import normalize_overrides
 from lmlab.presets import get_preset
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the device runs it fast, else fp32
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
 VOCAB_MULTIPLE = 64
 
@@ -42,7 +42,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     world_size: int = 1
-    precision: str = "fp32"
+    precision: str = "auto"  # resolved to fp32 / bf16 when the run starts (lmlab.train.step.resolve_precision)
     # optimisation
     optimizer: dict = field(default_factory=lambda: {"name": "adamw", "lr": 3e-4})
     schedule: dict = field(default_factory=lambda: {"name": "cosine", "warmup_steps": 0})

@@ -38,10 +38,9 @@ from lmlab.train.config import TrainConfig
 from lmlab.train.data import prepare_data
 from lmlab.train.metrics import MetricsLogger
 from lmlab.train.model_source import ModelSource
-from lmlab.train.optim import build_optimizers
 from lmlab.train.progress import Progress, sample_prompt, sample_text
-from lmlab.train.schedules import build_schedule, lr_schedulers
-from lmlab.train.step import StepParts, train_step
+from lmlab.train.schedules import build_schedule
+from lmlab.train.step import resolve_precision, step_parts, train_step
 from lmlab.train.validation import Validator
 
 
@@ -78,6 +77,8 @@ def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool
         source.start(run_dir, env, log)
     data = prepare_data(config, env, log, tokenizer_spec=source.tokenizer_spec(run_dir))
     model = source.build(data.tokenizer, run_dir, checkpoint, log)
+    config.precision, why = resolve_precision(config.precision, env.device, getattr(model.config, "hidden_size", None))
+    log(f"precision: {config.precision} ({why}); {torch.get_num_threads()} torch thread(s)")
     tokenizer = data.tokenizer
     parameters = count_parameters(model)
     if not config.steps:
@@ -97,15 +98,12 @@ def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool
     model.to(env.device)
     raw_model = model
     model = dist_utils.wrap(model, env, config.distributed)
-    optimizers = build_optimizers(model, config.optimizer)
     schedule = build_schedule(config.schedule, config.peak_lr, config.steps)
     if schedule.warmup_steps > config.steps:
         log(f"warning: warmup ({schedule.warmup_steps} steps) is longer than the run ({config.steps} steps); "
             f"the learning rate ends at {schedule(config.steps - 1):.3g}, below the peak {config.peak_lr:.3g}")
-    parts = StepParts(optimizers=optimizers, schedulers=lr_schedulers(optimizers, schedule),
-                      scaler=torch.amp.GradScaler(env.device.type, enabled=config.precision == "fp16"),
-                      parameters=[p for p in model.parameters() if p.requires_grad], grad_clip=config.grad_clip,
-                      precision=config.precision)
+    parts = step_parts(model, config, schedule, env.device)
+    optimizers = parts.optimizers
     step, samples_seen, elapsed = 0, 0, 0.0
     if state is not None:
         for optimizer, saved_state in zip(optimizers, state["optimizers"], strict=True):
@@ -160,10 +158,16 @@ def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool
     model.train()
     window_start, window_tokens = time.perf_counter(), 0
     try:
+        compiling = config.compile
         while step < config.steps:
             lr = parts.schedulers[0].get_last_lr()[0]
             try:
+                step_start = time.perf_counter()
                 loss_value, grad_norm = train_step(model, micro_batches(samples_seen), accum, parts, env)
+                if compiling:
+                    progress.write(f"torch.compile: the first step took {time.perf_counter() - step_start:.1f} s "
+                                   "(compiling included)")
+                    compiling = False
             except TrainingDiverged as err:
                 last = latest_checkpoint(run_dir)
                 raise TrainingDiverged(

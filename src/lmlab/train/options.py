@@ -67,7 +67,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("seq_len", BATCH, "tokens per training window", int),
     TrainOption("batch_size", BATCH, "sequences per micro-batch per process", int),
     TrainOption("grad_accum", BATCH, "micro-batches per optimizer step", int),
-    TrainOption("precision", BATCH, "autocast precision", choices=PRECISIONS),
+    TrainOption("precision", BATCH, "autocast precision; auto: bf16 where the hardware runs it fast (a CPU with "
+                "AVX512-BF16 or AMX, a CUDA GPU with bf16), else fp32", choices=PRECISIONS),
     TrainOption("optimizer_name", OPTIMIZATION, "optimizer", choices=OPTIMIZERS, flag="--optimizer"),
     TrainOption("lr", OPTIMIZATION, "peak learning rate", float),
     TrainOption("schedule_name", OPTIMIZATION, "learning-rate schedule", choices=SCHEDULES, flag="--schedule"),
@@ -93,7 +94,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("tensorboard", LOOP, "no TensorBoard logs", None, flag="--no-tensorboard", switch=False,
                 per_run=True),
     TrainOption("wandb", LOOP, "also log to Weights & Biases", None, per_run=True),
-    TrainOption("compile", SYSTEM, "torch.compile the model", None),
+    TrainOption("compile", SYSTEM, "torch.compile the model (compiling takes minutes on a small CPU, and the tiny "
+                "presets' steps measured slower compiled there: benchmarks/train_loop.py)", None),
     TrainOption("grad_checkpointing", SYSTEM, "recompute activations in backward", None),
     TrainOption("distributed", SYSTEM, "strategy under torchrun", choices=DISTRIBUTED_STRATEGIES, per_run=True),
 )

@@ -1,0 +1,77 @@
+"""What the benchmarks share: the machine they ran on, the matmul peak, interleaved best-of-rounds timing, and the
+rows `benchmarks/run_all.py` collects.
+
+A benchmark that run_all.py lists defines `rows(quick: bool) -> list[dict]`, each row made by `row()`:
+{"name", "ratio", "target", "met", "note"}: met is ratio ≥ target (target None: reported only). `quick` is a size that
+runs in a minute or two; the full sizes are the ones the targets speak of.
+
+The machines are shared and noisy: variants run interleaved, once per round, and each keeps its best round; compare
+the ratios of one run, never absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+from lmlab.hardware import REPORTED_FLAGS, read_cpuinfo
+
+
+def machine() -> dict:
+    """The CPU, the flags that decide fp32 vs bf16 speed, torch's view of it, threads and the load now."""
+    cpu = read_cpuinfo()
+    return {"cpu": cpu.model, "flags": {flag: flag in cpu.flags for flag in REPORTED_FLAGS},
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]}
+
+
+def machine_line(info: dict) -> str:
+    flags = ", ".join(flag for flag, present in info["flags"].items() if present) or "none of " + \
+        ", ".join(info["flags"])
+    return (f"{info['cpu']} (flags: {flags}; torch {info['torch']}, {info['torch_cpu_capability']}, "
+            f"{info['torch_threads']} thread(s), load {info['load_average']:.1f})")
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of the best of `repeats` square matmuls of `size` in `dtype`."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats + 3))
+    return 2 * size**3 / best
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def best_of(rounds: int, variants: dict) -> dict:
+    """Run every variant (a callable) once per round, interleaved; each one's best wall and CPU seconds."""
+    best = {name: {"wall_s": float("inf"), "cpu_s": float("inf")} for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            best[name] = {"wall_s": min(best[name]["wall_s"], wall), "cpu_s": min(best[name]["cpu_s"], cpu)}
+    return best
+
+
+def row(name: str, ratio: float | None, target: float | None, note: str = "") -> dict:
+    met = None if ratio is None or target is None else ratio >= target
+    return {"name": name, "ratio": None if ratio is None else round(ratio, 3), "target": target, "met": met,
+            "note": note}
+
+
+def print_table(rows: list[dict], file=sys.stdout) -> None:
+    """The rows as a Markdown table: name, ratio, target, met."""
+    print("| benchmark | ratio | target | met | note |", file=file)
+    print("|---|---|---|---|---|", file=file)
+    for r in rows:
+        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        target = "—" if r["target"] is None else f"≥ {r['target']:g}"
+        met = {True: "yes", False: "**no**", None: "—"}[r["met"]]
+        print(f"| {r['name']} | {ratio} | {target} | {met} | {r['note']} |", file=file)
