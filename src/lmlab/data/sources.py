@@ -236,6 +236,14 @@ def _expand(spec: str) -> tuple[Path, ...]:
     return (path,)
 
 
+def absolute_spec(spec: str) -> str:
+    """A `--data` value with its file path or glob made absolute (`~` expanded), so it names the same files from any
+    working directory; `stdlib` and `hf:` names are returned as they are."""
+    if spec == STDLIB or spec.startswith(HF_PREFIX):
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))
+
+
 def parse_source(spec: str, text_field: str = DEFAULT_TEXT_FIELD, hf_split: str = "train",
                  max_documents: int | None = None) -> Source:
     """One `--data` value as a source (see the module docstring for the forms)."""
@@ -265,4 +273,4 @@ def open_corpus(specs: list[str] | tuple[str, ...] | None, text_field: str = DEF
 
 
 __all__ = ["Corpus", "DataError", "HFDataset", "JsonlFiles", "ParquetFiles", "STDLIB", "StdlibCorpus", "TextFiles",
-           "open_corpus", "parse_source", "stdlib_files"]
+           "absolute_spec", "open_corpus", "parse_source", "stdlib_files"]
