@@ -1,10 +1,11 @@
-"""`lmlab eval --checkpoint RUN --tasks ...`: perplexity and benchmark tasks (lm-evaluation-harness) for a model."""
+"""`lmlab eval --model RUN --tasks ...`: perplexity and benchmark tasks (lm-evaluation-harness) for a model."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
+from lmlab.commands.options import add_model_argument
 from lmlab.eval.run import DEFAULT_BATCH_SIZE, DEFAULT_BOOTSTRAP_ITERS, SOURCES
 from lmlab.eval.scoring import DEFAULT_CONTEXT
 from lmlab.generation.loading import DTYPE_CHOICES
@@ -17,7 +18,7 @@ def register(subparsers) -> None:
                     "(arc_easy, arc_challenge, hellaswag, mmlu, mmlu_<subject>, piqa, winogrande, lambada_openai), "
                     "task YAML files, or perplexity:PATH for any text file. Prints a table and writes JSON to "
                     "<model dir>/eval/results-<time>.json.")
-    parser.add_argument("--checkpoint", required=True, help="model directory or training run directory")
+    add_model_argument(parser, "--checkpoint")
     parser.add_argument("--tasks", required=True, help="comma-separated task specs (see above)")
     parser.add_argument("--num-fewshot", type=int, help="exemplars per prompt (default: 0, or the task's own)")
     parser.add_argument("--limit", type=float,
@@ -55,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     check_run_options(args.num_fewshot, args.limit)
     tasks = args.tasks.split(",")
     parse_task_specs(tasks)  # bad specs fail before the model loads
-    output = report_path(resolve_model_dir(args.checkpoint), args.output)
+    output = report_path(resolve_model_dir(args.model), args.output)
     if not args.verbose:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         quiet_progress_bars()
-    model, tokenizer, model_dir = load_model(args.checkpoint, args.device, args.dtype)
+    model, tokenizer, model_dir = load_model(args.model, args.device, args.dtype)
     report = evaluate(model, tokenizer, tasks, num_fewshot=args.num_fewshot, limit=args.limit, source=args.source,
                       data_dir=args.data_dir, include=args.include, batch_size=args.batch_size,
                       max_length=args.max_length, stride=args.stride, bootstrap_iters=args.bootstrap_iters,

@@ -1,4 +1,4 @@
-"""`lmlab generate --checkpoint RUN --prompt TEXT`: continue prompts with a saved model, streaming to the terminal."""
+"""`lmlab generate --model RUN --prompt TEXT`: continue prompts with a saved model, streaming to the terminal."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from lmlab.commands.options import add_model_argument
 from lmlab.generation.loading import DTYPE_CHOICES
 from lmlab.generation.sampling import SamplingOptions
 
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
         "generate", help="generate text from a saved model",
         description="Continue one or more prompts with a model directory or training run (its newest checkpoint). "
                     "One prompt streams to stdout as it is decoded; several are generated as one batch.")
-    parser.add_argument("--checkpoint", required=True, help="model directory or training run directory")
+    add_model_argument(parser, "--checkpoint")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="prompt text; repeat for a batch")
     source.add_argument("--prompt-file", type=Path, help="one prompt per line")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)
     quiet_progress_bars()
-    model, tokenizer, model_dir = load_model(args.checkpoint, args.device, args.dtype)
+    model, tokenizer, model_dir = load_model(args.model, args.device, args.dtype)
     generator = Generator(model, tokenizer, compile=args.compile)
     stop_ids = set(args.stop_id) | (set() if args.ignore_eos else generator.default_stop_token_ids())
     options = sampling_options(args, tuple(stop_ids))

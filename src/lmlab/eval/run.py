@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmlab.errors import MissingDependencyError
+
 PERPLEXITY_PREFIX = "perplexity:"
 SOURCES = ("local", "hub")
 DEFAULT_BATCH_SIZE = 16  # sequences per forward pass
@@ -32,7 +34,7 @@ def require_lm_eval() -> None:
     try:
         import lm_eval  # noqa: F401
     except ImportError as err:
-        raise RuntimeError("benchmark tasks run through lm-evaluation-harness, which is not installed: "
+        raise MissingDependencyError("benchmark tasks run through lm-evaluation-harness, which is not installed: "
                            "pip install 'lmlab[eval]' (perplexity:PATH works without it)") from err
 
 

@@ -104,7 +104,7 @@ class TrainConfig:
         if self.seq_len < 2:
             raise ValueError("seq_len must be at least 2 (one input and one target)")
         if self.lora is not None and self.base is None:
-            raise ValueError("lora needs a base model to adapt: set base (lmlab finetune --base MODEL --lora)")
+            raise ValueError("lora needs a base model to adapt: set base (lmlab finetune --model MODEL --lora)")
         if self.lora is not None and self.distributed == "fsdp":
             raise ValueError("LoRA fine-tuning runs under DDP, not FSDP (only the small adapters train); use "
                              "--distributed ddp")
