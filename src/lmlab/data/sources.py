@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lmlab.errors import DataError
+from lmlab.hub import hub_unavailable
 
 STDLIB = "stdlib"
 HF_PREFIX = "hf:"
@@ -150,6 +151,10 @@ class HFDataset:
     def documents(self) -> Iterator[str]:
         import datasets
 
+        reason = hub_unavailable()
+        if reason is not None:
+            raise DataError(f"cannot stream Hugging Face dataset {self.describe()}: it is not a local file, and the "
+                            f"hub cannot be reached ({reason}); download the data and pass local files with --data")
         try:
             stream = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True)
         except Exception as err:  # datasets raises many types (network, missing config, missing split)
