@@ -19,31 +19,35 @@ def register(subparsers) -> None:
                     "task YAML files, or perplexity:PATH for any text file. Prints a table and writes JSON to "
                     "<model dir>/eval/results-<time>.json.")
     add_model_argument(parser, "--checkpoint")
-    parser.add_argument("--tasks", required=True, help="comma-separated task specs (see above)")
-    parser.add_argument("--num-fewshot", type=int, help="exemplars per prompt (default: 0, or the task's own)")
-    parser.add_argument("--limit", type=float,
+    parser.add_argument("--tasks", required=True, metavar="TASK,...", help="comma-separated task specs (see above)")
+    parser.add_argument("--num-fewshot", type=int, metavar="K",
+                        help="exemplars per prompt (default: 0, or the task's own)")
+    parser.add_argument("--limit", type=float, metavar="N",
                         help="rows per task (a fraction if < 1); for quick checks only, not comparable numbers")
     parser.add_argument("--source", choices=SOURCES, default=SOURCES[0],
                         help="local: lmlab's task files and local data, offline (default); hub: lm-eval's tasks of "
                              "the same names with the full splits from the Hugging Face hub")
-    parser.add_argument("--data-dir", help="folder of the local eval data (default: $LMLAB_EVAL_DATA, else "
-                                           "../shared/data/eval beside the repository)")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder of the local eval data (default: $LMLAB_EVAL_DATA, "
+                                                          "else ../shared/data/eval beside the repository)")
     parser.add_argument("--include", action="append", default=[], metavar="PATH",
                         help="a task YAML file or a folder of them to add; repeatable")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                         help=f"sequences per forward pass (default: {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--max-length", type=int,
+    parser.add_argument("--max-length", type=int, metavar="N",
                         help="context length (default: the sequence length the model was trained at when lmlab train "
                              f"recorded it, else its max_position_embeddings, else {DEFAULT_CONTEXT})")
-    parser.add_argument("--stride", type=int, help="perplexity window stride (default: half the context length)")
-    parser.add_argument("--bootstrap-iters", type=int, default=DEFAULT_BOOTSTRAP_ITERS,
+    parser.add_argument("--stride", type=int, metavar="N",
+                        help="perplexity window stride (default: half the context length)")
+    parser.add_argument("--bootstrap-iters", type=int, default=DEFAULT_BOOTSTRAP_ITERS, metavar="N",
                         help="bootstrap resamples for the standard errors of non-mean metrics (0 = none; default: "
                              f"{DEFAULT_BOOTSTRAP_ITERS})")
     parser.add_argument("--log-samples", action="store_true",
                         help="keep every request and the model's response in the JSON report")
-    parser.add_argument("--output", help="JSON report path (default: inside the model directory)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    parser.add_argument("--output", metavar="FILE", help="JSON report path (default: inside the model directory)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when available), cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="weights dtype (default: auto, bfloat16 on a GPU, float32 on CPU)")
     parser.add_argument("--verbose", action="store_true", help="show lm-eval's log")
     parser.set_defaults(run=run)
 

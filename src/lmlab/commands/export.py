@@ -16,7 +16,7 @@ def register(subparsers) -> None:
                     "AutoModelForCausalLM.from_pretrained loads, with the tokenizer files copied along.")
     add_model_argument(parser, None, help=f"{MODEL_HELP}; a LoRA fine-tune's run: its base + adapters", required=False)
     parser.add_argument("positional_model", nargs="?", metavar="MODEL", help="the same as --model (its old form)")
-    parser.add_argument("out_dir", help="output model directory")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="output model directory")
     parser.add_argument("--merge-lora", metavar="ADAPTERS", nargs="?", const=True,
                         help="merge LoRA adapters into the weights: alone, those MODEL carries (a `lmlab finetune "
                              "--lora` run or checkpoint); with a value, those saved in ADAPTERS (a directory with "

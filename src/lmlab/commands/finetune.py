@@ -20,16 +20,19 @@ def register(subparsers) -> None:
                     "and load as base + adapters; `lmlab export --model RUN OUT --merge-lora` writes the merged model.")
     add_model_argument(parser, "--base", help=f"the model to start from: {MODEL_HELP} (optional with --resume)",
                        required=False)
-    parser.add_argument("--out", help="run directory (default: runs/MODEL_NAME-lora or runs/MODEL_NAME-finetune)")
-    parser.add_argument("--resume", action="store_true", help="continue the fine-tune in --out from its latest "
-                                                              "checkpoint")
+    parser.add_argument("--out", metavar="RUN",
+                        help="run directory (default: runs/MODEL_NAME-lora or runs/MODEL_NAME-finetune)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the fine-tune in --out from its latest checkpoint; with a larger budget, extend "
+                             "it")
     lora = parser.add_argument_group("LoRA (PEFT)")
     lora.add_argument("--lora", action="store_true", help="train LoRA adapters only (default: every weight)")
-    lora.add_argument("--rank", type=int, help="adapter rank r (default: 8)")
-    lora.add_argument("--alpha", type=float, help="scale numerator α; the update is (α/r)·B·A (default: α = r)")
-    lora.add_argument("--targets", help="comma-separated projection names, e.g. q_proj,v_proj (default: every "
-                                        "projection of every token mixer)")
-    lora.add_argument("--lora-dropout", type=float, help="dropout on the adapter input (default: 0)")
+    lora.add_argument("--rank", type=int, metavar="R", help="adapter rank r (default: 8)")
+    lora.add_argument("--alpha", type=float, metavar="A",
+                      help="scale numerator α; the update is (α/r)·B·A (default: α = r)")
+    lora.add_argument("--targets", metavar="NAMES", help="comma-separated projection names, e.g. q_proj,v_proj "
+                                                         "(default: every projection of every token mixer)")
+    lora.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the adapter input (default: 0)")
     add_training_arguments(parser)
     parser.set_defaults(run=run)
 

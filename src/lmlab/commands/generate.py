@@ -29,7 +29,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"0 = off (default: {DEFAULTS.min_p})")
     group.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty, metavar="R",
                        help=f"1 = off (default: {DEFAULTS.repetition_penalty})")
-    group.add_argument("--seed", type=int, help="makes sampling reproducible")
+    group.add_argument("--seed", type=int, metavar="N", help="makes sampling reproducible")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="stop at this text (not printed); repeatable")
     group.add_argument("--stop-id", action="append", type=int, default=[], metavar="ID",
@@ -46,9 +46,10 @@ def register(subparsers) -> None:
     add_model_argument(parser, "--checkpoint")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="prompt text; repeat for a batch")
-    source.add_argument("--prompt-file", type=Path, help="one prompt per line")
-    parser.add_argument("--num-samples", type=int, default=1, help="completions per prompt (default 1)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    source.add_argument("--prompt-file", type=Path, metavar="FILE", help="one prompt per line")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="completions per prompt (default: 1)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when available), cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="weights dtype (auto: bfloat16 on a GPU, float32 on CPU)")
     parser.add_argument("--no-echo", action="store_true", help="print only the generated text")
