@@ -95,10 +95,15 @@ def run(args: argparse.Namespace) -> int:
     options = sampling_options(args, tuple(stop_ids))
     start = time.perf_counter()
     if len(prompts) == 1:
-        if not args.no_echo:
-            sys.stdout.write(prompts[0])
-        completions = generator.generate(prompts, options, on_text=lambda _, piece: _write(piece))
-        sys.stdout.write("\n")
+        echo = [] if args.no_echo else [prompts[0]]  # written with the first piece: a refused prompt prints nothing
+
+        def stream(_, piece: str) -> None:
+            while echo:
+                _write(echo.pop())
+            _write(piece)
+
+        completions = generator.generate(prompts, options, on_text=stream)
+        stream(0, "\n")
     else:
         completions = generator.generate(prompts, options)
         for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):

@@ -192,8 +192,17 @@ def run_config(preset: str | None, out: str | None, resume: bool, options: dict)
     if preset is None:
         raise ValueError("give --preset NAME (see `lmlab info --list`), or --resume --out RUN")
     config = config_from_recipe(preset, options)
-    apply_overrides(preset_config(config.preset), config.model_overrides)
+    check_seq_len(config.seq_len, apply_overrides(preset_config(config.preset), config.model_overrides))
     return config, out or f"runs/{preset}"
+
+
+def check_seq_len(seq_len: int, model_config) -> None:
+    """Refuse training windows longer than the model's position limit (before any data is read)."""
+    limit = model_config.max_position_embeddings
+    if limit is not None and seq_len > limit:
+        raise ConfigError(f"--seq-len {seq_len} is longer than the model's position limit (max_position_embeddings="
+                          f"{limit}); use --seq-len {limit} or less, or raise the limit (--set "
+                          "max_position_embeddings=N; RoPE models may also need rope_scaling)")
 
 
 def _check_recorded_data(specs: list[str], out: str) -> None:
@@ -234,4 +243,5 @@ def model_vocab_size(preset_vocab: int, recipe_tokenizer: str | None, tokenizer_
 
 
 __all__ = ["BUDGET_KEYS", "DISTRIBUTED_STRATEGIES", "FREE_KEYS", "PRECISIONS", "RECIPE_KEYS", "TrainConfig",
-           "apply_options", "config_from_recipe", "model_vocab_size", "padded_vocab_size", "run_config"]
+           "apply_options", "check_seq_len", "config_from_recipe", "model_vocab_size", "padded_vocab_size",
+           "run_config"]
