@@ -173,27 +173,37 @@ def run_config(preset: str | None, out: str | None, resume: bool, options: dict)
     """The config and directory of `lmlab train`: a preset's recipe with `options` applied (run directory
     runs/PRESET unless `out` names one), or, resuming without a preset, the config saved in `out`'s newest
     checkpoint with `options` applied (a changed trajectory key is then refused by name when the run starts).
+    Resuming keeps the run's budget unless `options` give one (then the run is extended: lmlab.train.extension).
     Model overrides are checked now, before any data is read."""
     from lmlab.overrides import apply_overrides
     from lmlab.presets import preset_config
-    from lmlab.run_layout import TRAIN_CONFIG
-    from lmlab.train.checkpoint import latest_checkpoint
 
-    if resume and preset is None:
-        if not out:
-            raise ValueError("--resume needs --out RUN (the run directory to continue)")
-        checkpoint = latest_checkpoint(out)
-        if checkpoint is None:
+    if preset is None and not resume:
+        raise ValueError("give --preset NAME (see `lmlab info --list`), or --resume --out RUN")
+    if preset is None and not out:
+        raise ValueError("--resume needs --out RUN (the run directory to continue)")
+    out = out or f"runs/{preset}"
+    saved = _saved_config(out) if resume else None
+    if saved is not None and all(options.get(key) is None for key in BUDGET_KEYS):
+        options = {**options, "steps": saved["steps"]}
+    if preset is None:
+        if saved is None:
             raise FileNotFoundError(f"--resume: {out} holds no checkpoint")
-        saved = json.loads((checkpoint / TRAIN_CONFIG).read_text())
         if options.get("data") is None:
             _check_recorded_data(saved.get("data") or [], out)
         return apply_options(saved, options), out
-    if preset is None:
-        raise ValueError("give --preset NAME (see `lmlab info --list`), or --resume --out RUN")
     config = config_from_recipe(preset, options)
     check_seq_len(config.seq_len, apply_overrides(preset_config(config.preset), config.model_overrides))
-    return config, out or f"runs/{preset}"
+    return config, out
+
+
+def _saved_config(run_dir: str) -> dict | None:
+    """The TrainConfig values of the run's newest checkpoint, None when it has none."""
+    from lmlab.run_layout import TRAIN_CONFIG
+    from lmlab.train.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir)
+    return None if checkpoint is None else json.loads((checkpoint / TRAIN_CONFIG).read_text())
 
 
 def check_seq_len(seq_len: int, model_config) -> None:
