@@ -75,11 +75,12 @@ def generate_n4c(model, input_ids: torch.Tensor, max_new_tokens: int = 512, temp
 def forward_ms_per_step(model, prompt: torch.Tensor, steps: int) -> float:
     """The model's own cached one-token forward, nothing else: the floor under any decoding loop."""
     with torch.inference_mode():
-        cache = model(prompt, use_cache=True, logits_to_keep=1).past_key_values
+        cache = model.new_cache()
+        model(prompt, cache=cache, use_cache=True, logits_to_keep=1)
         token = prompt[:, -1:]
         start = time.perf_counter()
         for _ in range(steps):
-            model(token, past_key_values=cache, use_cache=True)
+            model(token, cache=cache, use_cache=True)
         return (time.perf_counter() - start) / steps * 1e3
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 import lmlab
-from lmlab import LMLabForCausalLM, preset_config
+from lmlab import LMLabConfig, LMLabForCausalLM, preset_config
+from lmlab.nn.context import ForwardContext
 
 # Tiny test models gain nothing from intra-op threads, and on a busy 2-core machine every small op then waits for a
 # descheduled OpenMP thread (milliseconds each): one thread per test process (xdist runs two) is many times faster.
@@ -30,12 +32,39 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-def tiny_model(preset: str, seed: int = 0, **overrides) -> LMLabForCausalLM:
-    """A preset's tiny model with a small vocabulary, fp32, in eval mode, dropout off."""
-    torch.manual_seed(seed)
+def tiny_config(preset: str, **overrides) -> LMLabConfig:
+    """A preset's config with a small vocabulary, dropout off and no special tokens."""
     defaults = dict(vocab_size=TINY_VOCAB, embedding_dropout=0.0, attention_dropout=0.0, residual_dropout=0.0,
                     bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    return LMLabForCausalLM(preset_config(preset, **{**defaults, **overrides})).eval()
+    return preset_config(preset, **{**defaults, **overrides})
+
+
+def tiny_model(preset: str, seed: int = 0, **overrides) -> LMLabForCausalLM:
+    """A preset's tiny model (`tiny_config`), fp32, in eval mode."""
+    torch.manual_seed(seed)
+    return LMLabForCausalLM(tiny_config(preset, **overrides)).eval()
+
+
+def forward_context(length: int, batch: int = 1, past: int = 0, cache=None, key_padding=None, position=None,
+                    input_ids=None) -> ForwardContext:
+    """The context for calling one block or mixer directly: positions past .. past + length − 1 in each of `batch`
+    rows, rotated by `position` (a position-encoding module) when given."""
+    positions = torch.arange(past, past + length)[None].expand(batch, -1)
+    return ForwardContext(position_ids=positions, rotation=None if position is None else position(positions),
+                          key_padding_mask=key_padding, cache=cache, past_length=past, input_ids=input_ids)
+
+
+def rotate_pairs(x: torch.Tensor, position: float, theta: float, rotary_dim: int) -> torch.Tensor:
+    """RoPE on one head vector written pair by pair: channels (i, i + r/2) of the first r turn by the angle
+    position·θ^(−2i/r); the rest pass unchanged."""
+    out = x.clone()
+    half = rotary_dim // 2
+    for i in range(half):
+        angle = position * theta ** (-2 * i / rotary_dim)
+        a, b = x[i], x[i + half]
+        out[i] = a * math.cos(angle) - b * math.sin(angle)
+        out[i + half] = b * math.cos(angle) + a * math.sin(angle)
+    return out
 
 
 def randomise_parameters(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:
@@ -48,8 +77,9 @@ def randomise_parameters(model: torch.nn.Module, seed: int = 0, scale: float = 0
 
 
 __all__ = ["LOGIT_TOLERANCE", "REPO", "SHARED_DATA", "TINY_VOCAB", "ForcedTokens", "assert_decisive",
-           "assert_logits_close", "engine_logits", "full_forward_logits", "hf_generate_logits", "lmlab",
-           "randomise_parameters", "random_path", "save_model_dir", "shared_data", "tiny_model"]
+           "assert_logits_close", "engine_logits", "forward_context", "full_forward_logits", "hf_generate_logits",
+           "lmlab", "randomise_parameters", "random_path", "rotate_pairs", "save_model_dir", "shared_data",
+           "tiny_config", "tiny_model"]
 
 
 # ---- model directories for the commands that load a saved model (generate, eval)

@@ -20,6 +20,7 @@ from lmlab import ConfigError, list_presets, preset_config
 from lmlab.data.tokenizers import bytes_tokenizer
 from lmlab.generation.engine import BatchDecoder, Generator, generate_tokens
 from lmlab.generation.sampling import SamplingOptions
+from lmlab.registry import MIXERS
 
 TINY_PRESETS = [p.name for p in list_presets() if p.name.endswith("-tiny")]
 GREEDY = dict(temperature=0.0, stop_token_ids=())
@@ -30,11 +31,12 @@ CASES = {"short": ((5,), 12), "chunks": ((70, 3), 66)}
 
 
 def windowed(preset: str, window: int, **overrides):
-    """The preset's tiny model with every layer's attention window capped at `window`."""
+    """The preset's tiny model with the attention window of every layer whose mixer has one capped at `window`."""
     config = preset_config(preset)
     layers = [dict(config.layers[i] or {}) if config.layers else {} for i in range(config.num_hidden_layers)]
-    for spec in layers:
-        spec["window"] = min(window, spec.get("window") or window)
+    for i, spec in enumerate(layers):
+        if MIXERS.entry(config.layer_spec(i).mixer).honours("window"):
+            spec["window"] = min(window, config.layer_spec(i).window or window)
     try:
         return tiny_model(preset, layers=layers, **overrides)
     except ConfigError as err:  # a preset whose layers take no window has nothing to test here

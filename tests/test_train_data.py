@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from conftest import REPO, shared_data
 from lmlab.data import (
     DataError,
     PackedWindows,
@@ -166,3 +167,18 @@ def test_sampler_is_a_pure_function_of_its_position():
     assert ShuffledSampler(10, seed=3).indices(7, 6) == sampler.indices(7, 6)
     assert sampler.indices(10, 10) != first_epoch  # a fresh permutation per epoch
     assert torch.equal(PackedWindows(np.arange(30), 4).stack([1, 0]), torch.tensor([[3, 4, 5, 6], [0, 1, 2, 3]]))
+
+
+def test_built_in_shakespeare_corpus_is_tiny_shakespeare():
+    """`--data shakespeare` is karpathy/char-rnn's input.txt, byte for byte (the hash its README notes), as one
+    document; it equals the copy in ../shared/data when that is present."""
+    import hashlib
+
+    from lmlab.data.sources import open_corpus
+
+    [text] = list(open_corpus(["shakespeare"]).documents())
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    readme = (REPO / "src" / "lmlab" / "data" / "corpora" / "README.md").read_text()
+    assert digest in readme and len(text.encode("utf-8")) == 1_115_394
+    assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+    assert text == shared_data("corpora", "tinyshakespeare.txt").read_text(encoding="utf-8")

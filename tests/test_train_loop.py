@@ -160,6 +160,9 @@ def test_tiny_preset_learns_tinyshakespeare_well_below_unigram_entropy(tmp_path)
     # bytes tokenizer: one token is one byte, so nats/token = nats/byte = bits/byte · ln 2
     assert result.val["val_bpb"] * math.log(2) == pytest.approx(result.val["val_loss"], rel=0.01)
     assert result.val["val_loss"] < 0.8 * unigram_nats, result.val
+    assert result.val["val_tokens"] == 8 * 16 * 63  # eval_batches × batch_size windows, 63 targets each
+    logged = [r for r in read_metrics(tmp_path / "run") if "val_loss" in r][-1]
+    assert logged["val_tokens"] == result.val["val_tokens"]
 
 
 def test_two_gloo_processes_follow_one_process_with_twice_the_accumulation(corpus, tmp_path):

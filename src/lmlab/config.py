@@ -10,32 +10,18 @@ Slot values are registry names (see `lmlab.registry`); an unknown name fails at 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from lmlab.component_options import check_options, own_option
 from lmlab.errors import ConfigError
-from lmlab.layer_pattern import VALUE_EMBED_RULES, WINDOW_CHARACTERS, has_value_embed, pattern_window
+from lmlab.layer_pattern import LAYER_FIELDS, LayerSpec, has_value_embed, pattern_window
+from lmlab.registry import BLOCKS, INIT_SCHEMES, MIXERS, MLPS, NORMS, POSITIONS
 from lmlab.remote_code import AUTO_MAP, write_remote_code
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """What one decoder layer is made of. Every field can be overridden per layer through `config.layers`."""
-
-    mixer: str
-    mlp: str
-    norm: str
-    block: str
-    window: int | None = None  # sliding attention window (keys visible to the left, excluding the query)
-    value_embed: bool = False  # yatgpt value embeddings added to this layer's values
-    fan: bool = False  # NeoLLM FAN layer in front of this layer's mixer projections
-
-
-LAYER_FIELDS = tuple(f.name for f in fields(LayerSpec))
-ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
+from lmlab.rope_scaling import normalised_rope_scaling
 
 
 @strict
@@ -48,10 +34,20 @@ class LMLabConfig(PreTrainedConfig):
 
     Slots (registry names): `mixer`, `mlp`, `norm`, `block`, `position`, `init`. `layers` is an optional list of
     `num_hidden_layers` dicts overriding any `LayerSpec` field for one layer.
+
+    Every other field is an option of the components that declare it (lmlab.registry): validation refuses a value
+    no component in use would honour. `component_options` holds the options components declare for themselves
+    (name -> value; read with `config.component_option(name)`, which applies the declared default), so a new
+    component needs no field here.
     """
 
     model_type = "lmlab"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the name since / before transformers 5.24
+    # the fields the model itself reads (sizes, slots, token ids); every other field belongs to components
+    model_fields = ("preset", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings", "mixer", "mlp",
+                    "norm", "block", "position", "layers", "init", "component_options", "bos_token_id",
+                    "eos_token_id", "pad_token_id", "use_cache")
 
     preset: str | None = None
 
@@ -86,7 +82,7 @@ class LMLabConfig(PreTrainedConfig):
     # rotary position encoding
     rope_theta: float = 10000.0
     rope_pct: float = 1.0
-    rope_scaling: dict | None = None
+    rope_scaling: dict | None = None  # HF-style {"type": kind, "factor": f, ...}; kinds in lmlab.rope_scaling
 
     # MLP
     mlp_bias: bool = False
@@ -102,7 +98,8 @@ class LMLabConfig(PreTrainedConfig):
 
     # nanochat-GPT features (yatgpt); every one is off by default
     rope_sign: int = 1  # +1: x·cos φ + rotate_half(x)·sin φ; −1: rotation by −φ (nanochat / flaxchat)
-    qk_norm: str | None = None  # a norm name applied per head to q and k after RoPE (e.g. "rmsnorm_parameterless")
+    qk_norm: str | None = None  # a norm name applied per head to q and k (e.g. "rmsnorm_parameterless")
+    qk_norm_position: str = "after_rotation"  # or "before_rotation" (Qwen3): where qk_norm acts
     qk_norm_scale: float = 1.0  # q, k = scale · norm(q), scale · norm(k)
     window_pattern: str | None = None  # e.g. "SSSL", tiled over layers, last layer L (see lmlab.layer_pattern)
     window_long: int | None = None  # the L window (keys visible to the left of a query)
@@ -140,6 +137,9 @@ class LMLabConfig(PreTrainedConfig):
     linear_chunk_size: int = 64  # chunk length of the chunked delta rule (speed only: every length gives one result)
     loss: str = "full"  # "full" (logits, then cross-entropy) or "chunked" (from hidden states; never all logits)
 
+    # options components declare for themselves (lmlab.registry.Option with a default): name -> value
+    component_options: dict | None = None
+
     # tokens
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -157,9 +157,22 @@ class LMLabConfig(PreTrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.rope_scaling is not None:
-            self.rope_scaling = _normalised_rope_scaling(self.rope_scaling, self)
+            self.rope_scaling, self.max_position_embeddings = normalised_rope_scaling(self.rope_scaling,
+                                                                                      self.max_position_embeddings)
         super().__post_init__(**kwargs)
         self.check()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' constructor from a dict, with one repair of configs read from files (they carry
+        `transformers_version`): yatgpt presets before option checking set `gelu_approximate="tanh"` for their GELU
+        ablation beside an MLP that never read it. It had no effect there and is dropped, so those checkpoints
+        still load; anywhere else an ignored option is refused."""
+        layers = [layer or {} for layer in config_dict.get("layers") or []]
+        mlps = {config_dict.get("mlp", cls.mlp), *(layer.get("mlp") for layer in layers)}
+        if "transformers_version" in config_dict and "gelu" not in mlps:
+            config_dict = {key: value for key, value in config_dict.items() if key != "gelu_approximate"}
+        return super().from_dict(config_dict, **kwargs)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
@@ -176,10 +189,10 @@ class LMLabConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:
-        """Raise ConfigError (or UnknownNameError) naming the problem; called on creation and after overrides."""
-        from lmlab import nn as _components  # noqa: F401  (fills the registries)
-        from lmlab.registry import BLOCKS, INIT_SCHEMES, MIXERS, MLPS, NORMS, POSITIONS
+        """Raise ConfigError (or UnknownNameError) naming the problem; called on creation and after overrides.
 
+        The model's own fields are checked here; every component option by the components' declarations
+        (lmlab.component_options), so this module never imports the components."""
         for name, value in (("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size),
                             ("num_hidden_layers", self.num_hidden_layers),
                             ("num_attention_heads", self.num_attention_heads),
@@ -191,24 +204,8 @@ class LMLabConfig(PreTrainedConfig):
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads "
                 f"({self.num_key_value_heads})"
             )
-        if not 0.0 < self.rope_pct <= 1.0:
-            raise ConfigError(f"rope_pct must be in (0, 1], got {self.rope_pct}")
-        if self.gelu_approximate not in ("none", "tanh"):
-            raise ConfigError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
-        if isinstance(self.attention_scale, str) and self.attention_scale not in ("head_dim", "hidden_size"):
-            raise ConfigError(
-                f"attention_scale must be 'head_dim', 'hidden_size' or a number, got {self.attention_scale!r}"
-            )
-        from lmlab.nn.loss import LOSS_KINDS
-        from lmlab.nn.residual_scaling import GPAS_MODES
-
-        if self.loss not in LOSS_KINDS:
-            raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
-        if self.gpas is not None and self.gpas not in GPAS_MODES:
-            raise ConfigError(f"gpas must be None or one of {GPAS_MODES}, got {self.gpas!r}")
         POSITIONS.check(self.position)
         INIT_SCHEMES.check(self.init)
-        self._check_nanochat_features()
         if self.layers is not None and len(self.layers) != self.num_hidden_layers:
             raise ConfigError(
                 f"layers has {len(self.layers)} entries but num_hidden_layers is {self.num_hidden_layers}; "
@@ -220,33 +217,11 @@ class LMLabConfig(PreTrainedConfig):
             MLPS.check(spec.mlp)
             NORMS.check(spec.norm)
             BLOCKS.check(spec.block)
+        check_options(self)
 
-    def _check_nanochat_features(self) -> None:
-        from lmlab.registry import NORMS
-
-        if self.rope_sign not in (1, -1):
-            raise ConfigError(f"rope_sign must be 1 or -1, got {self.rope_sign}")
-        if self.qk_norm is not None:
-            NORMS.check(self.qk_norm)
-        if self.window_pattern is not None:
-            bad = set(self.window_pattern) - set(WINDOW_CHARACTERS)
-            if not self.window_pattern or bad:
-                raise ConfigError(f"window_pattern {self.window_pattern!r} must be a non-empty string of "
-                                  f"{' and '.join(WINDOW_CHARACTERS)} (S = short window, L = long window)")
-            if self.window_long is None or self.window_long < 1:
-                raise ConfigError("window_pattern needs window_long (the L window in keys, usually the training "
-                                  "sequence length)")
-            if self.window_short is not None and self.window_short < 1:
-                raise ConfigError(f"window_short must be at least 1, got {self.window_short}")
-        if self.value_embed_layers is not None and self.value_embed_layers not in VALUE_EMBED_RULES:
-            raise ConfigError(f"value_embed_layers must be one of {VALUE_EMBED_RULES} or None, got "
-                              f"{self.value_embed_layers!r}")
-        for name, channels in (("value_embed_gate_channels", self.value_embed_gate_channels),
-                               ("smear_gate_channels", self.smear_gate_channels)):
-            if not 1 <= channels <= self.hidden_size:
-                raise ConfigError(f"{name} ({channels}) must be between 1 and hidden_size ({self.hidden_size})")
-        if self.yatnmn_epsilon <= 0:
-            raise ConfigError(f"yatnmn_epsilon must be positive, got {self.yatnmn_epsilon}")
+    def component_option(self, name: str):
+        """The value of a component's own option (`component_options[name]`, else the default it declares)."""
+        return own_option(self, name)
 
     # ------------------------------------------------------------------ derived values
     def layer_spec(self, layer_idx: int) -> LayerSpec:
@@ -281,30 +256,6 @@ class LMLabConfig(PreTrainedConfig):
     def rotary_dim(self) -> int:
         """Rotated channels per head: int(head_dim * rope_pct), rounded down to an even number."""
         return int(self.head_dim * self.rope_pct) // 2 * 2
-
-
-def _normalised_rope_scaling(scaling: dict, config: LMLabConfig) -> dict:
-    """Validate `rope_scaling` and pin the length it scales from.
-
-    HF semantics: {"type" (or "rope_type"): linear | dynamic | yarn, "factor": f, ...}. The pre-scaling length is
-    stored as `original_max_position_embeddings`; when it is missing, the current `max_position_embeddings` is that
-    length and the model's position limit grows to factor times it.
-    """
-    scaling = dict(scaling)
-    kind = scaling.pop("rope_type", None) or scaling.get("type")
-    if kind not in ROPE_SCALING_TYPES:
-        raise ConfigError(f"rope_scaling type must be one of {list(ROPE_SCALING_TYPES)}, got {kind!r}")
-    factor = scaling.get("factor")
-    if not isinstance(factor, (int, float)) or factor < 1.0:
-        raise ConfigError(f"rope_scaling factor must be a number >= 1, got {factor!r}")
-    scaling["type"] = kind
-    scaling["factor"] = float(factor)
-    if "original_max_position_embeddings" not in scaling:
-        if config.max_position_embeddings is None:
-            raise ConfigError("rope_scaling needs max_position_embeddings (the length the model was trained at)")
-        scaling["original_max_position_embeddings"] = config.max_position_embeddings
-        config.max_position_embeddings = int(config.max_position_embeddings * factor)
-    return scaling
 
 
 __all__ = ["ConfigError", "LAYER_FIELDS", "LMLabConfig", "LayerSpec"]

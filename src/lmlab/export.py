@@ -3,17 +3,12 @@ folded into the weights when asked (W + (α/r)·B·A), and the tokenizer files c
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.model import count_parameters
-from lmlab.run_layout import resolve_model_dir
+from lmlab.run_layout import copy_tokenizer_files, resolve_model_dir
 from lmlab.train.lora import has_adapters, load_base_weights, load_lora, merge_lora, resolve_adapter_dir
-
-# what `save_pretrained` of Hugging Face tokenizers writes besides tokenizer* files
-TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
-                   "chat_template.jinja")
 
 
 @dataclass
@@ -22,11 +17,6 @@ class Exported:
     adapters: str | Path | None  # the adapters merged in, if any
     parameters: int
     tokenizer_files: int
-
-
-def tokenizer_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.iterdir()
-                  if p.is_file() and (p.name.startswith("tokenizer") or p.name in TOKENIZER_FILES))
 
 
 def export(model: str | Path, out_dir: str | Path, merge_lora_from: str | Path | bool | None = None) -> Exported:
@@ -50,10 +40,7 @@ def export(model: str | Path, out_dir: str | Path, merge_lora_from: str | Path |
     if adapters is not None:
         loaded = merge_lora(load_lora(loaded, adapters))
     loaded.save_pretrained(out_dir)
-    copied = tokenizer_files(model_dir)
-    for path in copied:
-        shutil.copy2(path, out_dir / path.name)
-    return Exported(model_dir, adapters, count_parameters(loaded), len(copied))
+    return Exported(model_dir, adapters, count_parameters(loaded), copy_tokenizer_files(model_dir, out_dir))
 
 
-__all__ = ["Exported", "export", "tokenizer_files"]
+__all__ = ["Exported", "export"]

@@ -23,6 +23,7 @@ from lmlab.hf_compat import CACHE_FIELD, one_cache
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.embedding_stage import EmbeddingStage
+from lmlab.nn.head import head_logits
 from lmlab.nn.init import embedding, initialise, linear
 from lmlab.nn.loss import (
     IGNORE_INDEX,
@@ -41,9 +42,13 @@ class LMLabPreTrainedModel(PreTrainedModel):
     config_class = LMLabConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["PreNormBlock", "SandwichBlock", "ParallelBlock"]
     _supports_sdpa = True
     _supports_flash_attn = True
+
+    def post_init(self) -> None:
+        # every registered block wiring is one unit that device maps never split
+        self._no_split_modules = {BLOCKS[name].__name__ for name in BLOCKS.names()}
+        super().post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         """Role-tagged projections and tables follow the config's init scheme; components set their own
@@ -282,12 +287,8 @@ class LMLabForCausalLM(LMLabPreTrainedModel, GenerationMixin):
         return output if return_dict is not False else output.to_tuple()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 logits of hidden states (B, T, d), soft-capped when the config asks."""
-        logits = self.lm_head(hidden).float()
-        if self.config.logit_softcap is not None:
-            cap = self.config.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
-        return logits
+        """fp32 logits of hidden states (B, T, d), soft-capped when the config asks (lmlab.nn.head)."""
+        return head_logits(self.lm_head, hidden, self.config.logit_softcap)
 
 
 def count_parameters(model: nn.Module) -> int:

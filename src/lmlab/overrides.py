@@ -2,7 +2,8 @@
 
 Two forms:
 - model-wide: `mlp=yatnmn_softplus`, `norm=dyt`, `hidden_size=256`, `rope_scaling={"type":"linear","factor":2}`
-  (any LMLabConfig field; the value is read as JSON where it parses — numbers, true/false/null, lists, dicts — and
+  (any LMLabConfig field, or an option a registered component declares for itself, which goes into
+  `component_options`; the value is read as JSON where it parses — numbers, true/false/null, lists, dicts — and
   as a plain string otherwise);
 - per layer: `mixer=gated_deltanet@layers:0-2` sets a `LayerSpec` field (mixer, mlp, norm, block, window,
   value_embed, fan) on the listed layers only: 0-based indices and inclusive ranges, comma-separated
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.errors import StrictDataclassError
 
+from lmlab.component_options import own_option_names
 from lmlab.config import LAYER_FIELDS, LMLabConfig
 from lmlab.errors import OverrideError
 
@@ -183,9 +185,13 @@ def apply_overrides(config: LMLabConfig, overrides: list[str]) -> LMLabConfig:
     values = config.to_dict()
     for text in overrides:
         key, value, selection = parse_override(text)
+        if selection is None and key in own_option_names(LMLabConfig):
+            values["component_options"] = {**(values.get("component_options") or {}), key: value}
+            continue
         if selection is None:
             if key not in config_field_names():
-                raise _unknown_key(key, config_field_names(), "config field")
+                raise _unknown_key(key, config_field_names() + sorted(own_option_names(LMLabConfig)),
+                                   "config field or component option")
             _check_type(key, value)
             _derived_sizes(values, key)
             values[key] = value

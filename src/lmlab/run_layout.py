@@ -25,6 +25,7 @@ Every command that reads a model (`generate`, `eval`, `finetune`, `export`, `inf
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 # model directories
@@ -35,6 +36,9 @@ ADAPTER_DIR = "adapter"  # where a training checkpoint of an older layout kept i
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EVAL_DIR = "eval"
+# what `save_pretrained` of Hugging Face tokenizers writes besides tokenizer* files
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                   "chat_template.jinja")
 # run directories
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
@@ -54,6 +58,19 @@ DONE_FILE = "compare_done.json"
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def tokenizer_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.iterdir()
+                  if p.is_file() and (p.name.startswith("tokenizer") or p.name in TOKENIZER_FILES))
+
+
+def copy_tokenizer_files(model_dir: Path, out_dir: Path) -> int:
+    """Copy a model directory's tokenizer files into `out_dir`; returns how many."""
+    copied = tokenizer_files(model_dir)
+    for path in copied:
+        shutil.copy2(path, out_dir / path.name)
+    return len(copied)
 
 
 def resolve_model_dir(path: str | Path) -> Path:

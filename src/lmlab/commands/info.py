@@ -1,4 +1,5 @@
-"""`lmlab info`: list presets, or show one model's parameter counts and forward FLOPs per token."""
+"""`lmlab info`: list presets, or show one model's parameter counts and forward FLOPs per token, or (--explain) the
+forward it assembles."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from lmlab.commands.options import add_model_argument, add_override_arguments, model_overrides
 from lmlab.config import LMLabConfig
+from lmlab.explain import explain
 from lmlab.info import describe, parameter_counts
 from lmlab.model import LMLabForCausalLM
 from lmlab.overrides import apply_overrides
@@ -28,6 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seq-len", type=int, metavar="N",
                         help="sequence length for FLOPs (default: the preset's training length, else 512)")
     add_override_arguments(parser)
+    parser.add_argument("--explain", action="store_true",
+                        help="print the forward the config assembles, block by block, instead of the counts")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -48,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = model_overrides(args)
     if overrides:
         config = apply_overrides(config, overrides)
+    if args.explain:
+        print("\n".join(explain(config)))
+        return 0
     facts = describe(config, seq_len)
     if args.json:
         print(json.dumps(facts, indent=2))

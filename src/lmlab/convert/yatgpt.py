@@ -107,7 +107,8 @@ def _mlp_choice(state: dict[str, torch.Tensor], mlp: str | None) -> dict:
     if mlp not in LINEAR_MLPS:
         raise CheckpointMismatchError("this checkpoint's MLP is a Linear c_fc, which GELU and ReLU² share; say which "
                                       f"with mlp= one of {LINEAR_MLPS} (CLI: --mlp gelu|relu2)")
-    return dict(mlp=mlp, intermediate_size=state["blocks.0.mlp.c_fc.weight"].shape[0])
+    flavour = {"gelu_approximate": "tanh"} if mlp == "gelu" else {}  # the port's GELU is JAX's default, tanh
+    return dict(mlp=mlp, intermediate_size=state["blocks.0.mlp.c_fc.weight"].shape[0], **flavour)
 
 
 def _training_length(state: dict[str, torch.Tensor], sequence_len: int | None) -> int:

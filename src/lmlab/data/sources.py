@@ -3,6 +3,7 @@
 A corpus is an ordered sequence of documents (strings). `--data` accepts, possibly repeated:
 
     stdlib                 the built-in default corpus (below): exists on every machine, no download
+    shakespeare            built in too: Tiny Shakespeare (1.1 MB of plays, public domain; data/corpora/README.md)
     PATH or GLOB           text files, one document per file (UTF-8)
     *.jsonl                one JSON object per line; the document is the `--text-field` value (default "text")
     *.parquet              one row per document; the `--text-field` column
@@ -14,6 +15,9 @@ works offline. Files are the `*.py` files in sorted relative-path order, skippin
 (`test`, `tests`, `idle_test` directories: test data holds deliberately odd bytes) and any file that is not valid
 UTF-8. Its content depends on the Python version, so the token cache keys it by version and file list.
 
+`shakespeare` is karpathy/char-rnn's Tiny Shakespeare, shipped gzipped inside the package and read as one
+document: small, English, and learnable by a tiny model in minutes on a CPU (nanoGPT's "baby GPT" corpus).
+
 Every source has a `fingerprint()` that changes when its content may have changed (path, size and modification
 time of files; name, config and split of a Hugging Face dataset), which keys the token cache.
 """
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import functools
 import glob
+import gzip
 import hashlib
+import importlib.resources
 import json
 import os
 import sys
@@ -36,6 +42,8 @@ from lmlab.errors import DataError
 from lmlab.hub import hub_unavailable
 
 STDLIB = "stdlib"
+SHAKESPEARE = "shakespeare"
+SHAKESPEARE_FILE = ("corpora", "shakespeare.txt.gz")  # package data of lmlab.data
 HF_PREFIX = "hf:"
 DEFAULT_TEXT_FIELD = "text"
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -207,7 +215,25 @@ class StdlibCorpus:
         return f"built-in corpus: Python {sys.version.split()[0]} standard-library sources"
 
 
-Source = TextFiles | JsonlFiles | ParquetFiles | HFDataset | StdlibCorpus
+@dataclass(frozen=True)
+class ShakespeareCorpus:
+    """The built-in Tiny Shakespeare corpus: one document."""
+
+    @staticmethod
+    def compressed() -> bytes:
+        return importlib.resources.files("lmlab.data").joinpath(*SHAKESPEARE_FILE).read_bytes()
+
+    def documents(self) -> Iterator[str]:
+        yield gzip.decompress(self.compressed()).decode("utf-8")
+
+    def fingerprint(self) -> str:
+        return _digest(SHAKESPEARE, hashlib.sha256(self.compressed()).hexdigest())
+
+    def describe(self) -> str:
+        return "built-in corpus: Tiny Shakespeare (karpathy/char-rnn)"
+
+
+Source = TextFiles | JsonlFiles | ParquetFiles | HFDataset | StdlibCorpus | ShakespeareCorpus
 
 
 @dataclass(frozen=True)
@@ -243,8 +269,8 @@ def _expand(spec: str) -> tuple[Path, ...]:
 
 def absolute_spec(spec: str) -> str:
     """A `--data` value with its file path or glob made absolute (`~` expanded), so it names the same files from any
-    working directory; `stdlib` and `hf:` names are returned as they are."""
-    if spec == STDLIB or spec.startswith(HF_PREFIX):
+    working directory; the built-in corpora and `hf:` names are returned as they are."""
+    if spec in (STDLIB, SHAKESPEARE) or spec.startswith(HF_PREFIX):
         return spec
     return os.path.abspath(os.path.expanduser(spec))
 
@@ -254,6 +280,8 @@ def parse_source(spec: str, text_field: str = DEFAULT_TEXT_FIELD, hf_split: str 
     """One `--data` value as a source (see the module docstring for the forms)."""
     if spec == STDLIB:
         return StdlibCorpus()
+    if spec == SHAKESPEARE:
+        return ShakespeareCorpus()
     if spec.startswith(HF_PREFIX):
         name, _, config = spec[len(HF_PREFIX):].partition(":")
         if not name:
@@ -277,5 +305,6 @@ def open_corpus(specs: list[str] | tuple[str, ...] | None, text_field: str = DEF
     return Corpus(tuple(parse_source(spec, text_field, hf_split, max_documents) for spec in specs))
 
 
-__all__ = ["Corpus", "DataError", "HFDataset", "JsonlFiles", "ParquetFiles", "STDLIB", "StdlibCorpus", "TextFiles",
-           "absolute_spec", "open_corpus", "parse_source", "stdlib_files"]
+__all__ = ["Corpus", "DataError", "HFDataset", "JsonlFiles", "ParquetFiles", "SHAKESPEARE", "STDLIB",
+           "ShakespeareCorpus", "StdlibCorpus", "TextFiles", "absolute_spec", "open_corpus", "parse_source",
+           "stdlib_files"]

@@ -20,8 +20,8 @@ from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.init import linear
 from lmlab.nn.norms import build_norm
-from lmlab.nn.value_embedding import ValueEmbedding
-from lmlab.registry import MIXERS
+from lmlab.nn.value_embedding import VALUE_EMBED_OPTIONS, ValueEmbedding
+from lmlab.registry import MIXERS, NORMS, Option, one_of, unknown_name_message
 
 BACKENDS = ("eager", "sdpa", "flash_attention_2")
 WINDOW_QUERY_BLOCK = 128  # queries per block of windowed attention (see the module docstring)
@@ -140,12 +140,16 @@ class SoftmaxAttention(Component):
     """Multi-head causal attention with grouped KV heads (MHA, GQA, MQA), separate q / k / v projections (so
     adapters such as LoRA can target each), optional rotary encoding and sliding window.
 
-    Options (config): `qk_norm` normalises q and k per head after the rotation, times `qk_norm_scale` (nanochat:
-    parameterless RMSNorm and 1.2, so |q·k|/sqrt(d_h) ≤ 1.44·sqrt(d_h)); a layer whose spec has `value_embed` adds
-    value embeddings (lmlab.nn.value_embedding) to v. A windowed layer caches only the keys its window can reach.
+    Options (config): `qk_norm` normalises q and k per head, after the rotation (`qk_norm_position =
+    "after_rotation"`; nanochat: parameterless RMSNorm times `qk_norm_scale` 1.2, so |q·k|/sqrt(d_h) ≤ 1.44·sqrt(d_h))
+    or before it ("before_rotation"; Qwen3: RMSNorm with a gain); a layer whose spec has `value_embed` adds value
+    embeddings (lmlab.nn.value_embedding) to v. A windowed layer caches only the keys its window can reach.
+
+    Hooks for subclasses: `query_parts` (q_proj packs that many head_dim-wide parts per head, the query first),
+    `qk_norm_choice` (which norm, where) and `gate` (what happens to the heads' output given the other query parts).
     """
 
-    query_parts = 1  # query rows per head in q_proj, in head_dim units (a subclass may pack more, e.g. a gate)
+    query_parts = 1  # head_dim-wide parts per head in q_proj, the query first (a subclass may pack more, e.g. a gate)
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -163,33 +167,57 @@ class SoftmaxAttention(Component):
         self.v_proj = linear(d, self.num_kv_heads * self.head_dim, config.attention_bias, "attn_in")
         self.out_proj = linear(self.num_heads * self.head_dim, d, config.attention_bias, "attn_out")
         self.value_embed = ValueEmbedding(config) if spec.value_embed else None
+        norm, self.qk_norm_position, self.qk_norm_scale = self.qk_norm_choice()
         self.q_norm = self.k_norm = None
-        if config.qk_norm is not None:
-            self.q_norm = build_norm(config, self.head_dim, config.qk_norm)
-            self.k_norm = build_norm(config, self.head_dim, config.qk_norm)
+        if norm is not None:
+            self.q_norm = build_norm(config, self.head_dim, norm)
+            self.k_norm = build_norm(config, self.head_dim, norm)
 
-    def project(self, x: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qk_norm_choice(self) -> tuple[str | None, str, float]:
+        """(norm name or None, "before_rotation" | "after_rotation", scale) of the per-head QK-norm."""
+        return self.config.qk_norm, self.config.qk_norm_position, self.config.qk_norm_scale
+
+    def _qk_norm(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_norm_scale == 1.0:
+            return q, k
+        return q * self.qk_norm_scale, k * self.qk_norm_scale
+
+    def heads(self, x: torch.Tensor, ctx: ForwardContext
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """q (B, H, T, d_h) and k, v (B, H_kv, T, d_h) of the block input x, after value embeddings, rotation and
-        QK-norm: what the attention kernel consumes."""
+        QK-norm, and the other query parts of each head (B, T, H, (query_parts − 1)·d_h; None when there are none)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        queries = self.q_proj(x).view(b, t, self.num_heads, self.query_parts * self.head_dim)
+        q = queries[..., :self.head_dim].transpose(1, 2)
+        extra = queries[..., self.head_dim:] if self.query_parts > 1 else None
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.value_embed is not None:
             v = self.value_embed(v, x, ctx.input_ids)
+        normalise = self.q_norm is not None
+        if normalise and self.qk_norm_position == "before_rotation":
+            q, k = self._qk_norm(q, k)
         if ctx.rotation is not None:
             q, k = ctx.rotation.queries(q), ctx.rotation.keys(k)
-        if self.q_norm is not None:
-            q = self.q_norm(q) * self.config.qk_norm_scale
-            k = self.k_norm(k) * self.config.qk_norm_scale
-        return q, k, v
+        if normalise and self.qk_norm_position == "after_rotation":
+            q, k = self._qk_norm(q, k)
+        return q, k, v, extra
+
+    def project(self, x: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as the attention kernel consumes them (see `heads`)."""
+        return self.heads(x, ctx)[:3]
+
+    def gate(self, o: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """The heads' output (B, T, H·d_h) as out_proj receives it; `extra` is `heads`' other query parts."""
+        return o
 
     def new_cache(self) -> KVCache:
         return KVCache() if self.window is None else SlidingKVCache(window=self.window)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        q, k, v = self.project(x, ctx)
-        return self.out_proj(self.attend(q, k, v, ctx))
+        q, k, v, extra = self.heads(x, ctx)
+        return self.out_proj(self.gate(self.attend(q, k, v, ctx), extra))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """Cache and attend: q (B, H, T, d_h), k, v (B, H_kv, T, d_h) -> heads concatenated (B, T, H·d_h)."""
@@ -206,6 +234,62 @@ class SoftmaxAttention(Component):
         return o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
 
 
-MIXERS.register("attention")(SoftmaxAttention)
+def _scale_check(value, config) -> str | None:
+    ok = value in ("head_dim", "hidden_size") or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    return None if ok else "must be 'head_dim' (1/sqrt(d_h)), 'hidden_size' (1/sqrt(d)) or a number"
 
-__all__ = ["BACKENDS", "SoftmaxAttention", "attention_backend", "causal_attention", "visibility_mask"]
+
+def _norm_name_check(value, config) -> str | None:
+    return None if value in NORMS else unknown_name_message("norm", value, NORMS.names())
+
+
+# what every mixer built on `causal_attention` honours
+KERNEL_OPTIONS = (
+    "window", "rotation", "attention_bias", "attention_dropout",
+    Option("attention_scale", check=_scale_check, doc="the multiplier of q·k"),
+)
+QK_NORM_OPTIONS = (
+    Option("qk_norm", check=_norm_name_check, doc="a norm applied per head to q and k"),
+    Option("qk_norm_position", check=one_of("after_rotation", "before_rotation"), requires="qk_norm",
+           doc="where qk_norm acts: after the rotation (nanochat) or before it (Qwen3)"),
+    Option("qk_norm_scale", requires="qk_norm", doc="q, k = scale·norm(q), scale·norm(k)"),
+)
+
+
+def _scale_text(config) -> str:
+    named = {"head_dim": config.head_dim, "hidden_size": config.hidden_size}
+    return f"1/√{named[config.attention_scale]}" if config.attention_scale in named else f"{config.attention_scale:g}"
+
+
+def describe_heads(config, layer_idx) -> str:
+    """Heads, scale, window, position and options of an attention layer, for describe()."""
+    spec = config.layer_spec(layer_idx)
+    scale = _scale_text(config)
+    kv_heads = config.num_key_value_heads
+    kv = "" if kv_heads == config.num_attention_heads else f", {kv_heads} kv head{'s' if kv_heads > 1 else ''}"
+    parts = [f"{config.num_attention_heads} heads × {config.head_dim}{kv}", f"scale {scale}",
+             f"window {spec.window}" if spec.window is not None else "full causal", f"position {config.position}"]
+    if config.attention_bias:
+        parts.append("biases")
+    if config.attention_dropout:
+        parts.append(f"dropout {config.attention_dropout:g} on the probabilities")
+    return ", ".join(parts)
+
+
+def describe_attention(config, layer_idx) -> str:
+    spec = config.layer_spec(layer_idx)
+    extras = ""
+    if config.qk_norm is not None:
+        scale = "" if config.qk_norm_scale == 1.0 else f"{config.qk_norm_scale:g}·"
+        extras += f", q, k ← {scale}{config.qk_norm}(·) {config.qk_norm_position.replace('_', ' the ')}"
+    if spec.value_embed:
+        extras += (f", v += {config.value_embed_gate_scale:g}·σ(W·x[:{config.value_embed_gate_channels}])"
+                   "·VE[ids] (value embeddings)")
+    return f"out(softmax(q·kᵀ·scale + mask)·v): {describe_heads(config, layer_idx)}{extras}"
+
+
+MIXERS.register("attention", options=(*KERNEL_OPTIONS, *QK_NORM_OPTIONS, *VALUE_EMBED_OPTIONS),
+                describe=describe_attention)(SoftmaxAttention)
+
+__all__ = ["BACKENDS", "KERNEL_OPTIONS", "SoftmaxAttention", "attention_backend", "causal_attention", "describe_heads",
+           "visibility_mask"]

@@ -23,6 +23,7 @@ from transformers import initialization as init
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.norms import build_norm
+from lmlab.registry import PARTS, Option, channel_count
 
 TRUNCATED_NORMAL_STD = 0.87962566103423978  # std of a standard normal truncated to [−2, 2]
 
@@ -73,5 +74,21 @@ class EmbeddingStage(Component):
         e = embeddings if self.norm is None else self.norm(embeddings)
         return e if self.smear is None else self.smear(e, ctx)
 
+
+def describe_embedding(config, layer_idx) -> str:
+    steps = [f"x = embed(ids)   ({config.vocab_size} × {config.hidden_size} table)"]
+    if config.embedding_norm:
+        steps.append(f"x = {config.norm}(x)")
+    if config.smear:
+        steps.append(f"x_t = x_t + λ·σ(w·x_t[:{config.smear_gate_channels}])·x_(t−1)   (smear, λ = 0 at init)")
+    if config.embedding_dropout:
+        steps.append(f"x = drop_{config.embedding_dropout:g}(x)")
+    return "; ".join(steps)
+
+
+PARTS.register("embedding", options=(
+    "embedding_norm", "embedding_dropout", "smear",
+    Option("smear_gate_channels", check=channel_count, requires="smear", doc="input channels of the smear gate"),
+), describe=describe_embedding)(EmbeddingStage)
 
 __all__ = ["EmbeddingStage", "Smear"]

@@ -6,47 +6,41 @@
     o = causal_attention(rope(q), rope(k), v)          GQA, scale, rope_pct, cache as the plain attention mixer
     out = out_proj( o ⊙ σ(gate) )                       gate flattened in head order
 
-The q_proj is twice as wide as the plain mixer's; everything else (k/v projections, value embeddings, rotation, KV
-cache, sliding windows, kernel backends) is `SoftmaxAttention`'s.
+It is `SoftmaxAttention` with two query parts per head, its QK-norm fixed to the layer's norm before the rotation,
+and the gate as its output hook; everything else (k/v projections, value embeddings, rotation, KV cache, sliding
+windows, kernel backends) is the plain mixer's.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lmlab.errors import ConfigError
-from lmlab.nn.attention import SoftmaxAttention
-from lmlab.nn.context import ForwardContext
-from lmlab.nn.norms import build_norm
+from lmlab.nn.attention import KERNEL_OPTIONS, SoftmaxAttention, describe_heads
+from lmlab.nn.value_embedding import VALUE_EMBED_OPTIONS
 from lmlab.registry import MIXERS
 
 
 class GatedAttention(SoftmaxAttention):
     query_parts = 2
 
-    def __init__(self, config, layer_idx: int):
-        if config.qk_norm is not None:
-            raise ConfigError("gated_attention normalises q and k before the rotation with the layer's norm; the "
-                              f"after-rotation qk_norm ({config.qk_norm!r}) does not apply to it: leave qk_norm unset")
-        super().__init__(config, layer_idx)
-        norm = config.layer_spec(layer_idx).norm
-        self.q_norm = build_norm(config, self.head_dim, norm)
-        self.k_norm = build_norm(config, self.head_dim, norm)
+    def qk_norm_choice(self) -> tuple[str, str, float]:
+        """Always the layer's norm before the rotation; the configurable qk_norm is not declared here, so validation
+        refuses it unless another layer's mixer honours it."""
+        return self.config.layer_spec(self.layer_idx).norm, "before_rotation", 1.0
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, gate = self.q_proj(x).view(b, t, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
-        q = self.q_norm(q).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if self.value_embed is not None:
-            v = self.value_embed(v, x, ctx.input_ids)
-        if ctx.rotation is not None:
-            q, k = ctx.rotation.queries(q), ctx.rotation.keys(k)
-        o = self.attend(q, k, v, ctx)
-        return self.out_proj(o * torch.sigmoid(gate.reshape(b, t, self.num_heads * self.head_dim)))
+    def gate(self, o: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        return o * torch.sigmoid(extra.reshape(o.shape))
 
 
-MIXERS.register("gated_attention")(GatedAttention)
+def describe_gated_attention(config, layer_idx) -> str:
+    spec = config.layer_spec(layer_idx)
+    value_embeds = ", value embeddings" if spec.value_embed else ""
+    return (f"out(softmax(q·kᵀ·scale + mask)·v ⊙ σ(gate)), q, k ← {spec.norm}(·) per head before the rotation: "
+            f"{describe_heads(config, layer_idx)}{value_embeds}")
+
+
+# q and k are normalised by the layer's norm before the rotation; qk_norm, its position and scale do not apply
+MIXERS.register("gated_attention", options=(*KERNEL_OPTIONS, *VALUE_EMBED_OPTIONS),
+                describe=describe_gated_attention)(GatedAttention)
 
 __all__ = ["GatedAttention"]

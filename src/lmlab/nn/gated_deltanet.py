@@ -33,13 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from lmlab.errors import ConfigError
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.delta_rule import gated_delta_rule
 from lmlab.nn.init import linear
 from lmlab.nn.norms import RMSNorm
-from lmlab.registry import MIXERS
+from lmlab.registry import MIXERS, Option, at_least_one
 
 L2_EPS = 1e-6
 
@@ -86,11 +85,6 @@ class GatedDeltaNet(Component):
         self.num_v_heads = config.linear_num_value_heads
         self.head_k_dim = config.linear_key_head_dim
         self.head_v_dim = config.linear_value_head_dim
-        if self.num_v_heads % self.num_k_heads != 0:
-            raise ConfigError(f"linear_num_value_heads ({self.num_v_heads}) must be a multiple of "
-                              f"linear_num_key_heads ({self.num_k_heads})")
-        if config.linear_conv_kernel_dim < 1 or config.linear_chunk_size < 1:
-            raise ConfigError("linear_conv_kernel_dim and linear_chunk_size must be at least 1")
         self.ratio = self.num_v_heads // self.num_k_heads
         self.key_dim = self.num_k_heads * self.head_k_dim
         self.value_dim = self.num_v_heads * self.head_v_dim
@@ -150,6 +144,30 @@ class GatedDeltaNet(Component):
         return self.out_proj(o.to(x.dtype).reshape(b, t, self.value_dim))
 
 
-MIXERS.register("gated_deltanet")(GatedDeltaNet)
+def value_heads_share_key_heads(config, layer_idx) -> str | None:
+    if config.linear_num_value_heads % config.linear_num_key_heads == 0:
+        return None
+    return (f"linear_num_value_heads ({config.linear_num_value_heads}) must be a multiple of linear_num_key_heads "
+            f"({config.linear_num_key_heads})")
+
+
+def describe_gated_deltanet(config, layer_idx) -> str:
+    return (f"out(RMSNorm(o) ⊙ SiLU(z)), o_t = S_tᵀ·q_t/√d_k, S_t = e^(g_t)·(I − β_t·k_t·k_tᵀ)·S_(t−1) + β_t·k_t·v_tᵀ "
+            f"(gated delta rule, L2-normed q, k after a causal conv {config.linear_conv_kernel_dim} + SiLU): "
+            f"{config.linear_num_key_heads} key heads × {config.linear_key_head_dim}, "
+            f"{config.linear_num_value_heads} value heads × {config.linear_value_head_dim}, "
+            f"chunks of {config.linear_chunk_size}, no position encoding")
+
+
+# no attention window, value embeddings, qk_norm or rotation: its recurrence has none of them
+MIXERS.register("gated_deltanet", options=(
+    Option("linear_num_key_heads", check=at_least_one, doc="key heads n_k"),
+    Option("linear_key_head_dim", check=at_least_one, doc="key head width d_k"),
+    Option("linear_num_value_heads", check=at_least_one, doc="value heads n_v (a multiple of n_k)"),
+    Option("linear_value_head_dim", check=at_least_one, doc="value head width d_v"),
+    Option("linear_conv_kernel_dim", check=at_least_one, doc="short convolution length"),
+    Option("linear_chunk_size", check=at_least_one, doc="chunk length of the chunked form (speed only)"),
+    "norm_eps", "initializer_range",
+), check=value_heads_share_key_heads, describe=describe_gated_deltanet)(GatedDeltaNet)
 
 __all__ = ["GatedDeltaNet", "GatedDeltaNetState", "causal_depthwise_conv", "l2_normalise"]

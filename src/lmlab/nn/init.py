@@ -69,7 +69,7 @@ def zero_bias(module: nn.Module) -> None:
         init.zeros_(module.bias)
 
 
-@INIT_SCHEMES.register("gpt2")
+@INIT_SCHEMES.register("gpt2", options=("initializer_range",))
 def gpt2_scheme(module: nn.Module, role: str, config) -> None:
     """GPT-2: every weight N(0, σ), σ = initializer_range; output projections N(0, σ/sqrt(2·n_layer)); biases 0."""
     std = config.initializer_range
@@ -79,7 +79,7 @@ def gpt2_scheme(module: nn.Module, role: str, config) -> None:
     zero_bias(module)
 
 
-@INIT_SCHEMES.register("normal")
+@INIT_SCHEMES.register("normal", options=("initializer_range",))
 def normal_scheme(module: nn.Module, role: str, config) -> None:
     """HF default (Llama, Qwen): every weight N(0, initializer_range), biases 0."""
     init.normal_(module.weight, 0.0, config.initializer_range)
@@ -118,7 +118,7 @@ def flaxchat_scheme(module: nn.Module, role: str, config) -> None:
     zero_bias(module)
 
 
-@INIT_SCHEMES.register("nyx")
+@INIT_SCHEMES.register("nyx", options=("initializer_range",))
 def nyx_scheme(module: nn.Module, role: str, config) -> None:
     """NYX / PaLM-rlhf: token embedding (and a head, tied or not) N(0, initializer_range); every other projection
     PyTorch's default U(±1/sqrt(fan_in))."""

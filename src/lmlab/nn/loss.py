@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.nn.numerics import autocast_disabled
+from lmlab.registry import PARTS, Option, one_of
 
 IGNORE_INDEX = -100
 LOSS_KINDS = ("full", "chunked")
@@ -150,3 +151,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         if grad_bias is not None:
             grad_bias = grad_bias.mul_(scale).to(ctx.bias_dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def describe_loss(config, layer_idx) -> str:
+    how = ("from the hidden states chunk by chunk, never all logits at once" if config.loss == "chunked"
+           else "of the materialised logits")
+    ignored = "" if config.loss_ignore_token_id is None else f" and target {config.loss_ignore_token_id}"
+    return f"mean next-token cross-entropy {how} (loss={config.loss!r}); targets −100{ignored} are not scored"
+
+
+PARTS.register("loss", options=(
+    Option("loss", check=one_of(*LOSS_KINDS), doc="'full' (logits, then cross-entropy) or 'chunked'"),
+    "loss_ignore_token_id",
+), describe=describe_loss)(shifted_cross_entropy)

@@ -20,7 +20,7 @@ from torch import nn
 
 from lmlab.nn.component import Component
 from lmlab.nn.init import linear
-from lmlab.registry import MLPS
+from lmlab.registry import MLPS, Option, one_of
 
 
 class TwoLayerMLP(Component):
@@ -71,26 +71,47 @@ class SwiGLU(Component):
         return self.down_proj(self.dropout(value * F.silu(gate)))
 
 
-@MLPS.register("gelu")
+MLP_OPTIONS = ("mlp_bias",)
+
+
+def describe_mlp(formula, up_factor: int = 1):
+    """A describe() for an MLP: its formula (text, or a function of the config giving it) and the widths."""
+    def describe(config, layer_idx) -> str:
+        d, inner = config.hidden_size, config.intermediate_size
+        up = f"{up_factor}×{inner}" if up_factor > 1 else str(inner)
+        bias = ", biases" if config.mlp_bias else ""
+        text = formula(config) if callable(formula) else formula
+        return f"{text}   (up {d} -> {up}, down {inner} -> {d}{bias})"
+    return describe
+
+
+@MLPS.register("gelu", options=(*MLP_OPTIONS, Option("gelu_approximate", check=one_of("none", "tanh"),
+                                                     doc="'none' (exact erf GELU) or 'tanh'")),
+               describe=describe_mlp(lambda config: "down(GELU_tanh(up x))" if config.gelu_approximate == "tanh"
+                                     else "down(GELU(up x)), exact erf GELU"))
 def gelu_mlp(config, layer_idx: int) -> TwoLayerMLP:
     return TwoLayerMLP(config, partial(F.gelu, approximate=config.gelu_approximate))
 
 
-@MLPS.register("gelu_new")
+@MLPS.register("gelu_new", options=MLP_OPTIONS, describe=describe_mlp("down(GELU_tanh(up x))"))
 def gelu_new_mlp(config, layer_idx: int) -> TwoLayerMLP:
     return TwoLayerMLP(config, partial(F.gelu, approximate="tanh"))
 
 
-@MLPS.register("relu2")
+@MLPS.register("relu2", options=MLP_OPTIONS, describe=describe_mlp("down(relu(up x)²)"))
 def relu2_mlp(config, layer_idx: int) -> TwoLayerMLP:
     return TwoLayerMLP(config, relu_squared)
 
 
-@MLPS.register("asgg")
+@MLPS.register("asgg", options=MLP_OPTIONS,
+               describe=describe_mlp("down(GELU(r) ⊙ σ(g) ⊙ v), [g | r | v] = up x", up_factor=3))
 def asgg_mlp(config, layer_idx: int) -> ASGG:
     return ASGG(config)
 
 
-@MLPS.register("swiglu")
+@MLPS.register("swiglu", options=(*MLP_OPTIONS, Option("mlp_dropout", doc="dropout on a ⊙ SiLU(g)")),
+               describe=describe_mlp(lambda config: (f"down(drop_{config.mlp_dropout:g}(a ⊙ SiLU(g)))" if
+                                                     config.mlp_dropout else "down(a ⊙ SiLU(g))") + ", [a | g] = up x",
+                                     up_factor=2))
 def swiglu_mlp(config, layer_idx: int) -> SwiGLU:
     return SwiGLU(config)

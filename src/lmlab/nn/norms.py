@@ -113,13 +113,27 @@ class ReducedDyT(Component):
         return (torch.tanh(x.float()) * self.weight.float()).to(x.dtype)
 
 
-NORMS.register("layernorm")(lambda config, dim: LayerNorm(dim, config.norm_eps, bias=True))
-NORMS.register("layernorm_nobias")(lambda config, dim: LayerNorm(dim, config.norm_eps, bias=False))
-NORMS.register("rmsnorm")(lambda config, dim: RMSNorm(dim, config.norm_eps))
-NORMS.register("zero_centred_rmsnorm")(lambda config, dim: ZeroCentredRMSNorm(dim, config.norm_eps))
-NORMS.register("rmsnorm_parameterless")(lambda config, dim: RMSNorm(dim, config.norm_eps, gain=False))
-NORMS.register("dyt")(lambda config, dim: DyT(dim, config.dyt_alpha_init))
-NORMS.register("dyt_n4")(lambda config, dim: ReducedDyT(dim))
+EPS = ("norm_eps",)
+
+
+def _formula(text: str):
+    """A describe() for a norm: its formula, with ε where it has one."""
+    return lambda config, layer_idx: text.format(eps=config.norm_eps, alpha=config.dyt_alpha_init)
+
+
+NORMS.register("layernorm", options=EPS, describe=_formula("(x − mean)/sqrt(var + {eps})·w + b"))(
+    lambda config, dim: LayerNorm(dim, config.norm_eps, bias=True))
+NORMS.register("layernorm_nobias", options=EPS, describe=_formula("(x − mean)/sqrt(var + {eps})·w"))(
+    lambda config, dim: LayerNorm(dim, config.norm_eps, bias=False))
+NORMS.register("rmsnorm", options=EPS, describe=_formula("x·rsqrt(mean x² + {eps})·w"))(
+    lambda config, dim: RMSNorm(dim, config.norm_eps))
+NORMS.register("zero_centred_rmsnorm", options=EPS, describe=_formula("x·rsqrt(mean x² + {eps})·(1 + w)"))(
+    lambda config, dim: ZeroCentredRMSNorm(dim, config.norm_eps))
+NORMS.register("rmsnorm_parameterless", options=EPS, describe=_formula("x·rsqrt(mean x² + {eps})"))(
+    lambda config, dim: RMSNorm(dim, config.norm_eps, gain=False))
+NORMS.register("dyt", options=("dyt_alpha_init",), describe=_formula("γ·tanh(α·x) + β, α from {alpha}"))(
+    lambda config, dim: DyT(dim, config.dyt_alpha_init))
+NORMS.register("dyt_n4", describe=_formula("w·tanh(x)"))(lambda config, dim: ReducedDyT(dim))
 
 
 def build_norm(config, dim: int, kind: str | None = None) -> Component:

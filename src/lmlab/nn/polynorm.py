@@ -15,6 +15,7 @@ from transformers import initialization as init
 
 from lmlab.nn.component import Component
 from lmlab.nn.init import linear
+from lmlab.nn.mlp import MLP_OPTIONS, describe_mlp
 from lmlab.registry import MLPS
 
 POLYNORM_EPS = 1e-6  # the reference's fixed ε (independent of the model's norm_eps)
@@ -55,6 +56,7 @@ class PolyNormMLP(Component):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-@MLPS.register("polynorm")
+@MLPS.register("polynorm", options=MLP_OPTIONS, describe=describe_mlp(
+    "down(PolyNorm(gate x) ⊙ up x), PolyNorm(y) = w0·N(y³) + w1·N(y²) + w2·N(y) + b", up_factor=2))
 def polynorm_mlp(config, layer_idx: int) -> PolyNormMLP:
     return PolyNormMLP(config)

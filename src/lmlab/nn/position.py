@@ -12,23 +12,18 @@ channels r.. pass unchanged. Tables and the rotation itself are computed in fp32
 y2 = −x1 sin φ + x2 cos φ (nanochat / flaxchat). Scores still depend only on relative positions, but trained
 weights expect their own sign.
 
-`rope_scaling` (HF semantics, L0 = original_max_position_embeddings, f = factor):
-- linear: positions divided by f (inv_freq / f);
-- dynamic (NTK-aware): for a length L > L0, θ' = θ·(f·L/L0 − (f − 1))^(r/(r − 2)); no-op up to L0;
-- yarn (Peng et al. 2023, arXiv 2309.00071): per frequency pair i, blend inv_freq (high frequencies, pair index ≤
-  low) and inv_freq/f (pair index ≥ high) with a linear ramp between, where low/high are the pair indices whose
-  wavelength is L0/β_fast and L0/β_slow (β_fast = 32, β_slow = 1), floored/ceiled; cos and sin are multiplied by
-  the attention factor 0.1·ln f + 1.
+`rope_scaling` changes the frequencies (and may scale cos and sin): one registered kind each, with its formula, in
+`lmlab.rope_scaling` (linear, dynamic NTK, YaRN, Llama 3.1's llama3).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from lmlab.component_options import honoured
 from lmlab.nn.component import Component
-from lmlab.registry import POSITIONS
+from lmlab.registry import MIXERS, POSITIONS, Option, one_of
+from lmlab.rope_scaling import rope_inv_freq, rope_scaling_rule
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -60,28 +55,6 @@ class Rotation:
         return self._rotate(k)
 
 
-def rope_inv_freq(theta: float, rotary_dim: int) -> torch.Tensor:
-    """inv_freq_i = θ^(−2i/r), i = 0 .. r/2 − 1, fp32."""
-    return 1.0 / theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim).float()
-
-
-def yarn_inv_freq(theta: float, rotary_dim: int, factor: float, original_length: int,
-                  beta_fast: float = 32.0, beta_slow: float = 1.0) -> torch.Tensor:
-    """YaRN's blend of extrapolated (inv_freq) and interpolated (inv_freq / f) frequencies."""
-
-    def pair_index_for(rotations: float) -> float:
-        # the pair index i whose wavelength 2π·θ^(2i/r) equals original_length / rotations
-        return rotary_dim * math.log(original_length / (rotations * 2 * math.pi)) / (2 * math.log(theta))
-
-    low = max(math.floor(pair_index_for(beta_fast)), 0)
-    high = min(math.ceil(pair_index_for(beta_slow)), rotary_dim - 1)
-    if low == high:
-        high += 0.001
-    ramp = ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
-    inv_freq = rope_inv_freq(theta, rotary_dim)
-    return inv_freq / factor * ramp + inv_freq * (1 - ramp)
-
-
 class PositionEncoding(Component):
     """A position encoding: position ids (B, T) in, a `Rotation` (or None) out. It owns its limits."""
 
@@ -91,46 +64,31 @@ class PositionEncoding(Component):
 
 
 class RotaryEmbedding(PositionEncoding):
-    """Partial rotary position encoding with optional linear / dynamic-NTK / YaRN scaling."""
+    """Partial rotary position encoding, optionally scaled (`rope_scaling`, a kind of lmlab.rope_scaling)."""
 
     def __init__(self, config):
         super().__init__()
         self.rotary_dim = config.rotary_dim
         self.theta = config.rope_theta
-        self.scaling = config.rope_scaling
+        self.scaling = rope_scaling_rule(config.rope_scaling)
         self.sign = config.rope_sign
-        self.attention_factor = 1.0
-        if self.scaling is not None and self.scaling["type"] == "yarn":
-            self.attention_factor = self.scaling.get("attention_factor", 0.1 * math.log(self.scaling["factor"]) + 1.0)
-        self.register_buffer("inv_freq", self._static_inv_freq(), persistent=False)
+        self.attention_factor = 1.0 if self.scaling is None else self.scaling.attention_scaling()
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
 
-    def _static_inv_freq(self) -> torch.Tensor:
-        inv_freq = rope_inv_freq(self.theta, self.rotary_dim)
-        if self.scaling is None or self.scaling["type"] == "dynamic":
-            return inv_freq
-        if self.scaling["type"] == "linear":
-            return inv_freq / self.scaling["factor"]
-        return yarn_inv_freq(self.theta, self.rotary_dim, self.scaling["factor"],
-                             self.scaling["original_max_position_embeddings"],
-                             self.scaling.get("beta_fast", 32.0), self.scaling.get("beta_slow", 1.0))
+    def _inv_freq(self, length: int | None = None) -> torch.Tensor:
+        """The frequencies for a sequence of `length` positions (None: the static ones), fp32."""
+        if self.scaling is None:
+            return rope_inv_freq(self.theta, self.rotary_dim)
+        return self.scaling.inv_freq(self.theta, self.rotary_dim, length)
 
     def reset_parameters(self) -> None:
         # the buffer is not saved with the weights; rebuild it (e.g. after construction on the meta device)
-        self.inv_freq = self._static_inv_freq().to(self.inv_freq.device)
-
-    def _dynamic_inv_freq(self, length: int) -> torch.Tensor:
-        original = self.scaling["original_max_position_embeddings"]
-        if length <= original:
-            return self.inv_freq
-        factor = self.scaling["factor"]
-        r = self.rotary_dim
-        theta = self.theta * (factor * length / original - (factor - 1)) ** (r / (r - 2))
-        return rope_inv_freq(theta, r).to(self.inv_freq.device)
+        self.inv_freq = self._inv_freq().to(self.inv_freq.device)
 
     def forward(self, position_ids: torch.Tensor) -> Rotation:
         inv_freq = self.inv_freq
-        if self.scaling is not None and self.scaling["type"] == "dynamic":
-            inv_freq = self._dynamic_inv_freq(int(position_ids.max()) + 1)
+        if self.scaling is not None and self.scaling.length_dependent:
+            inv_freq = self._inv_freq(int(position_ids.max()) + 1).to(inv_freq.device)
         angles = position_ids[:, None, :, None].float() * inv_freq.float()  # (B, 1, T, r/2)
         angles = torch.cat((angles, angles), dim=-1)
         return Rotation(angles.cos() * self.attention_factor, angles.sin() * (self.sign * self.attention_factor))
@@ -146,5 +104,37 @@ class NoPosition(PositionEncoding):
         return None
 
 
-POSITIONS.register("rope")(RotaryEmbedding)
-POSITIONS.register("none")(NoPosition)
+def rotating_mixers_in_use(config, layer_idx) -> str | None:
+    """The check of a rotary encoding: some layer's mixer must apply its rotation (declare "rotation")."""
+    if honoured(config, "rotation"):
+        return None
+    mixers = sorted({config.layer_spec(i).mixer for i in range(config.num_hidden_layers)})
+    rotating = [name for name in MIXERS.names() if MIXERS.entry(name).honours("rotation")]
+    return (f"no layer's mixer rotates queries and keys (mixers in use: {', '.join(mixers)}), so the encoding "
+            f"would be ignored; set position=none, or use a mixer that does ({', '.join(rotating)})")
+
+
+def rope_pct_in_range(value, config) -> str | None:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+ROPE_OPTIONS = (
+    Option("rope_theta", doc="base θ of the frequencies"),
+    Option("rope_pct", check=rope_pct_in_range, doc="share of each head's channels rotated"),
+    Option("rope_scaling", doc="context extension, a kind of lmlab.rope_scaling"),
+    Option("rope_sign", check=one_of(1, -1), doc="+1: rotation by φ; −1: by −φ (nanochat)"),
+)
+
+
+def describe_rope(config, layer_idx) -> str:
+    sign = ", rotation by −φ" if config.rope_sign == -1 else ""
+    scaling = "" if config.rope_scaling is None else f", {config.rope_scaling['type']} scaling ×" \
+                                                         f"{config.rope_scaling['factor']:g}"
+    return (f"rotary (NeoX half-split): θ {config.rope_theta:g}, {config.rotary_dim} of {config.head_dim} channels "
+            f"per head rotated{sign}{scaling}; applied to q and k inside each mixer")
+
+
+POSITIONS.register("rope", options=ROPE_OPTIONS, check=rotating_mixers_in_use, describe=describe_rope)(
+    RotaryEmbedding)
+POSITIONS.register("none", describe=lambda config, layer_idx: "NoPE, no encoding: order comes from the causal mask")(
+    NoPosition)

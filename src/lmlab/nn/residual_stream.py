@@ -18,6 +18,7 @@ from transformers import initialization as init
 
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
+from lmlab.registry import PARTS
 
 RESID_LAMBDA_RAMP = (1.15, 1.05)  # (first layer, last layer)
 X0_LAMBDA_RAMP = (0.20, 0.05)
@@ -68,5 +69,17 @@ class ResidualStream(Component):
             x = x - self.backout_lambda * mid
         return x
 
+
+def describe_residual_stream(config, layer_idx) -> str | None:
+    steps = []
+    if config.residual_lambdas:
+        steps.append("before block i: x = r_i·x + c_i·x0 (x0 = the embedding output)")
+    if config.backout:
+        steps.append(f"after the last block: x = x − λ·(output of block {config.num_hidden_layers // 2}) (backout)")
+    return "; ".join(steps) or None
+
+
+PARTS.register("residual stream", options=("residual_lambdas", "backout"), describe=describe_residual_stream)(
+    ResidualStream)
 
 __all__ = ["ResidualStream", "layer_ramp"]

@@ -10,6 +10,10 @@ logits. With g_j = tanh(gate_j) and 1-based position j,
 and the output is out_proj(softmax(Q·K'ᵀ·scale + causal)·V), with N4's scale 1/sqrt(hidden_size). Positions, the
 weighted cumulative sum and the division run in fp32 whatever the activation dtype. Padding tokens (left padding)
 contribute nothing to the sum and positions restart at the first real token.
+
+N4 itself has no position encoding. With one (e.g. `position="rope"`), Q_i is rotated at its position i and the
+mean key K'_j at its position j, after the mean: softmax(rot_i(Q_i)·rot_j(K'_j)ᵀ·scale). The running sum S stays
+unrotated; the cache holds rotated K' rows, so cached decoding equals the full forward.
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmlab.cache import KVCache
-from lmlab.errors import ConfigError
-from lmlab.nn.attention import attention_backend, causal_attention
+from lmlab.nn.attention import KERNEL_OPTIONS, attention_backend, causal_attention, describe_heads
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.init import linear
@@ -53,9 +56,6 @@ def selective_copy_keys(k: torch.Tensor, gate: torch.Tensor, positions: torch.Te
 class SelectiveCopyAttention(Component):
     def __init__(self, config, layer_idx: int):
         super().__init__()
-        if config.num_key_value_heads != config.num_attention_heads:
-            raise ConfigError("the selective_copy mixer is multi-head only: set num_key_value_heads = "
-                              f"num_attention_heads ({config.num_attention_heads})")
         self.config = config
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
@@ -83,6 +83,8 @@ class SelectiveCopyAttention(Component):
             state = SelectiveCopyState()
         keys, key_sum = selective_copy_keys(k, gate, ctx.position_ids, None if state is None else state.key_sum)
         keys = keys.to(q.dtype)
+        if ctx.rotation is not None:
+            q, keys = ctx.rotation.queries(q), ctx.rotation.keys(keys)
         if state is not None:
             state.key_sum = key_sum
             keys, v = state.kv.append(keys, v)
@@ -94,4 +96,17 @@ class SelectiveCopyAttention(Component):
         return self.out_proj(o.transpose(1, 2).reshape(b, t, inner))
 
 
-MIXERS.register("selective_copy")(SelectiveCopyAttention)
+def multi_head_only(config, layer_idx) -> str | None:
+    if config.num_key_value_heads == config.num_attention_heads:
+        return None
+    return ("multi-head only: set num_key_value_heads = num_attention_heads "
+            f"({config.num_attention_heads})")
+
+
+def describe_selective_copy(config, layer_idx) -> str:
+    return ("out(softmax(q·K'ᵀ·scale + mask)·v), K'_j = Σ_{k≤j} k·tanh(g_k)·K_k / j² (selective copying): "
+            f"{describe_heads(config, layer_idx)}")
+
+
+MIXERS.register("selective_copy", options=KERNEL_OPTIONS, check=multi_head_only,
+                describe=describe_selective_copy)(SelectiveCopyAttention)

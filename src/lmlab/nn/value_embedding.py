@@ -17,6 +17,15 @@ from transformers import initialization as init
 
 from lmlab.nn.component import Component
 from lmlab.nn.init import embedding
+from lmlab.registry import Option, channel_count
+
+# what a mixer that adds value embeddings (layer spec `value_embed`) honours
+VALUE_EMBED_OPTIONS = (
+    "value_embed",
+    Option("value_embed_gate_channels", check=channel_count, requires="value_embed",
+           doc="input channels of the gate"),
+    Option("value_embed_gate_scale", requires="value_embed", doc="the gate's maximum"),
+)
 
 
 class ValueEmbedding(Component):
@@ -44,4 +53,4 @@ class ValueEmbedding(Component):
         return v + added.transpose(1, 2).to(v.dtype)
 
 
-__all__ = ["ValueEmbedding"]
+__all__ = ["VALUE_EMBED_OPTIONS", "ValueEmbedding"]

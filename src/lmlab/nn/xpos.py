@@ -25,8 +25,8 @@ import math
 import torch
 
 from lmlab.errors import ConfigError
-from lmlab.nn.position import RotaryEmbedding, Rotation
-from lmlab.registry import POSITIONS
+from lmlab.nn.position import ROPE_OPTIONS, RotaryEmbedding, Rotation, describe_rope, rotating_mixers_in_use
+from lmlab.registry import POSITIONS, Option, positive
 
 XPOS_CENTRE = 0
 SMALLEST_DECAY_BASE = 0.4 / 1.4  # ζ_0 for every r: the fastest-growing key scale
@@ -83,8 +83,6 @@ class XPosEmbedding(RotaryEmbedding):
         if not causal:
             raise ConfigError("XPOS is defined for causal attention only: for a query before its key the decay "
                               "becomes a growth. Use position='rope' for a non-causal model.")
-        if not config.xpos_scale_base > 0:
-            raise ConfigError(f"xpos_scale_base must be positive, got {config.xpos_scale_base}")
         super().__init__(config)
         self.scale_base = float(config.xpos_scale_base)
         self.register_buffer("decay_bases", xpos_decay_bases(self.rotary_dim), persistent=False)
@@ -110,6 +108,12 @@ class XPosEmbedding(RotaryEmbedding):
         check_key_scale(largest_key_scale(furthest, self.scale_base), furthest, dtype)
 
 
-POSITIONS.register("xpos")(XPosEmbedding)
+def describe_xpos(config, layer_idx) -> str:
+    return (f"{describe_rope(config, layer_idx)}; XPOS: q·ζ^(t/{config.xpos_scale_base:g}), k·ζ^(−t/"
+            f"{config.xpos_scale_base:g}), ζ_i = (2i + 0.4r)/(1.4r)")
+
+
+POSITIONS.register("xpos", options=(*ROPE_OPTIONS, Option("xpos_scale_base", check=positive, doc="decay length B")),
+                   check=rotating_mixers_in_use, describe=describe_xpos)(XPosEmbedding)
 
 __all__ = ["SMALLEST_DECAY_BASE", "XPOS_CENTRE", "XPosEmbedding", "XPosRotation", "xpos_decay_bases"]

@@ -28,8 +28,8 @@ from torch import nn
 from transformers import initialization as init
 
 from lmlab.nn.component import Component
-from lmlab.nn.mlp import TwoLayerMLP
-from lmlab.registry import INIT_SCHEMES, MLPS
+from lmlab.nn.mlp import MLP_OPTIONS, TwoLayerMLP, describe_mlp
+from lmlab.registry import INIT_SCHEMES, MLPS, Option, positive
 
 
 def autocast_disabled(device: torch.device):
@@ -79,13 +79,32 @@ class YatNMN(Component):
         return y.to(x.dtype)
 
 
-@MLPS.register("yatnmn")
+YATNMN_OPTIONS = (
+    *MLP_OPTIONS,
+    Option("yatnmn_epsilon", check=positive, doc="ε: fixed (yatnmn) or the initial softplus(ε_raw)"),
+    Option("yatnmn_scalar_bias", doc="one shared bias instead of one per neuron"),
+    Option("yatnmn_constant_alpha", doc="a fixed α instead of a learnable one"),
+)
+
+
+def describe_yatnmn(bias: str, epsilon: str):
+    def describe(config, layer_idx) -> str:
+        alpha = "α" if config.yatnmn_constant_alpha is None else f"{config.yatnmn_constant_alpha}"
+        shared = " (one shared b)" if config.yatnmn_scalar_bias else ""
+        eps = epsilon.format(eps=config.yatnmn_epsilon)
+        formula = f"down(y), y_j = {alpha}·(x·w_j + {bias})² / (‖x − w_j‖² + {eps}){shared}"
+        return describe_mlp(formula)(config, layer_idx)
+    return describe
+
+
+@MLPS.register("yatnmn", options=YATNMN_OPTIONS, describe=describe_yatnmn("b", "{eps}"))
 def yatnmn_mlp(config, layer_idx: int) -> TwoLayerMLP:
     """Plain YatNMN: raw bias, fixed ε."""
     return TwoLayerMLP(config, None, up_proj=YatNMN(config, softplus=False))
 
 
-@MLPS.register("yatnmn_softplus")
+@MLPS.register("yatnmn_softplus", options=YATNMN_OPTIONS,
+               describe=describe_yatnmn("softplus(b)", "softplus(ε_raw), ε_raw from {eps}"))
 def yatnmn_softplus_mlp(config, layer_idx: int) -> TwoLayerMLP:
     """YatNMN-Softplus: softplus bias, learnable ε through softplus."""
     return TwoLayerMLP(config, None, up_proj=YatNMN(config, softplus=True))

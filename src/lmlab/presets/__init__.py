@@ -5,7 +5,15 @@ components at a size that trains in seconds on a CPU. `lmlab info --list` shows 
 here; adding one is a new module plus its line below.
 """
 
-from lmlab.presets import n4, neollm, ngen4, nyx, yatgpt  # noqa: F401  (each registers its presets)
+from lmlab.presets import (  # noqa: F401  (each registers its presets)
+    llama,
+    n4,
+    neollm,
+    ngen4,
+    nyx,
+    qwen3,
+    yatgpt,
+)
 from lmlab.presets.base import (
     PRESET_FAMILIES,
     PRESETS,

@@ -5,7 +5,8 @@ by −φ, then QK-norm × 1.2; sliding windows "SSSL" (short = ⌈⌈T/4⌉/128�
 alternating layers ending with the last; per-layer resid/x0 lambdas; smear; backout; logit soft-cap 15; no biases.
 
 The MLP is one config choice, so the card's ablations are one flag each:
-`mlp` = yatnmn_softplus (the published model) | yatnmn (plain) | gelu (tanh GELU, as JAX's default) | relu2, plus
+`mlp` = yatnmn_softplus (the published model) | yatnmn (plain) | gelu_new (tanh GELU, JAX's default, as the card's
+GELU runs) | relu2, plus
 `yatnmn_scalar_bias=True` (the "-sb" runs) and `yatnmn_constant_alpha=1.0` (the "-ca" runs).
 
 Depth family `yatgpt-d{N}` (nanochat's rule, scripts/base_train.py `build_model_meta`): width = depth × aspect
@@ -32,7 +33,7 @@ YATGPT_COMPONENTS = dict(
     norm_eps=1e-6, rope_theta=100000.0, rope_sign=-1, qk_norm="rmsnorm_parameterless", qk_norm_scale=1.2,
     window_pattern="SSSL", window_long=SEQ_LEN, value_embed_layers="alternate", embedding_norm=True, smear=True,
     residual_lambdas=True, backout=True, logit_softcap=15.0, tie_word_embeddings=True, attention_bias=False,
-    mlp_bias=False, gelu_approximate="tanh", init="flaxchat", vocab_size=32768, bos_token_id=1, eos_token_id=2,
+    mlp_bias=False, init="flaxchat", vocab_size=32768, bos_token_id=1, eos_token_id=2,
 )
 
 # The optax recipe of flaxchat's scripts/train_gpt2.py with the YatNMN card's values. 32 sequences × 8 accumulation

@@ -73,7 +73,7 @@ class TrainConfig:
     lora: dict | None = None  # LoRA settings (rank, alpha, targets, dropout): only adapters train; None = every weight
     # cadence and outputs (free to change on resume)
     eval_every: int = 0
-    eval_batches: int = 20
+    eval_batches: int | None = None  # None: the whole split up to VALIDATION_TOKENS, else a spread sample of that size
     sample_every: int = 0
     sample_tokens: int = 64
     sample_prompt: str | None = None

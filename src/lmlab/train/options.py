@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from lmlab.data.sources import STDLIB
+from lmlab.data.sources import SHAKESPEARE, STDLIB
 from lmlab.data.tokenizers import BUILTIN_TOKENIZERS
 from lmlab.train.config import DISTRIBUTED_STRATEGIES, PRECISIONS, RECIPE_KEYS, TrainConfig
 from lmlab.train.optim import OPTIMIZERS
 from lmlab.train.schedules import SCHEDULES
+from lmlab.train.validation import VALIDATION_TOKENS
 
 RECIPE = "the preset's recipe"  # the default shown for options a preset's recipe sets
 DATA, BATCH, OPTIMIZATION, BUDGET, LOOP, SYSTEM = ("data", "batch and precision", "optimization", "budget",
@@ -54,7 +55,8 @@ class TrainOption:
 _CONFIG_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not f.default_factory}
 
 TRAIN_OPTIONS: tuple[TrainOption, ...] = (
-    TrainOption("data", DATA, f"{STDLIB} | FILE | GLOB | *.jsonl | *.parquet | hf:NAME[:CONFIG]; repeatable",
+    TrainOption("data", DATA, f"{STDLIB} | {SHAKESPEARE} | FILE | GLOB | *.jsonl | *.parquet | hf:NAME[:CONFIG]; "
+                "repeatable",
                 repeat=True, metavar="SOURCE", default=STDLIB),
     TrainOption("text_field", DATA, "jsonl / parquet / hf: field holding the text", metavar="FIELD"),
     TrainOption("hf_split", DATA, "split of an hf: dataset", metavar="SPLIT"),
@@ -78,7 +80,9 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("tokens", BUDGET, "training tokens", int, per_run=True),
     TrainOption("chinchilla", BUDGET, "multiple of 20 tokens per parameter", float, default="1", per_run=True),
     TrainOption("eval_every", LOOP, "validate every N steps and at the end (0: only at the end)", int, per_run=True),
-    TrainOption("eval_batches", LOOP, "validation micro-batches (0: the whole split)", int, per_run=True),
+    TrainOption("eval_batches", LOOP, "validation micro-batches, drawn from all over the split (0: the whole split)",
+                int, default=f"the whole split up to {VALIDATION_TOKENS:,} tokens, else a fixed sample of that many",
+                per_run=True),
     TrainOption("sample_every", LOOP, "print a text sample every N steps and at the end (0: only at the end)", int,
                 per_run=True),
     TrainOption("sample_tokens", LOOP, "tokens per sample (0: no samples)", int, per_run=True),

@@ -102,7 +102,7 @@ def test_logit_is_relative_and_decays_per_frequency_pair():
 def test_non_causal_xpos_is_an_error():
     with pytest.raises(ConfigError, match="causal attention only"):
         XPosEmbedding(preset_config("nyx-tiny"), causal=False)
-    with pytest.raises(ConfigError, match="xpos_scale_base must be positive"):
+    with pytest.raises(ConfigError, match="xpos_scale_base must be a positive number"):
         tiny_model("nyx-tiny", xpos_scale_base=0.0)
 
 

@@ -1,4 +1,4 @@
-"""RoPE, partial rotary and rope scaling against explicit formulas."""
+"""RoPE, partial rotary, the rotation sign and rope scaling against explicit formulas."""
 
 import math
 
@@ -119,3 +119,31 @@ def test_yarn_frequencies_and_attention_factor_follow_the_paper():
 def test_bad_rope_scaling_is_refused(scaling):
     with pytest.raises(ConfigError):
         preset_config("ngen4-tiny", rope_scaling=scaling)
+
+
+def test_rope_rotates_by_minus_phi():
+    """Spec §10.5: a unit vector on channel 0 at position 1 becomes (cos φ0, 0, …, −sin φ0 on channel 32)."""
+    config = preset_config("yatgpt-d12")
+    x = torch.zeros(1, 1, 1, 64)
+    x[..., 0] = 1.0
+    y = RotaryEmbedding(config)(torch.tensor([[1]])).queries(x)[0, 0, 0]
+    expected = torch.zeros(64)
+    expected[0], expected[32] = math.cos(1.0), -math.sin(1.0)  # φ_0 = 1 · 100000^0
+    torch.testing.assert_close(y, expected)
+    # the sign is the only difference from the usual rotation: −φ at p equals +φ at −p
+    plain = RotaryEmbedding(preset_config("yatgpt-d12", rope_sign=1))
+    q = torch.randn(1, 2, 3, 64)
+    positions = torch.tensor([[3, 50, 700]])
+    torch.testing.assert_close(RotaryEmbedding(config)(positions).queries(q), plain(-positions).queries(q))
+
+
+def test_rotated_scores_depend_only_on_relative_position():
+    rope = RotaryEmbedding(preset_config("yatgpt-d12"))
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 64, generator=generator), torch.randn(1, 1, 1, 64, generator=generator)
+
+    def score(pq, pk):
+        return (rope(torch.tensor([[pq]])).queries(q) * rope(torch.tensor([[pk]])).keys(k)).sum().item()
+
+    assert score(40, 7) == pytest.approx(score(340, 307), abs=1e-4)  # fp32 angles: exact up to rounding
+    assert score(40, 7) != pytest.approx(score(40, 8), abs=1e-2)

@@ -1,5 +1,5 @@
-"""The chunked linear cross-entropy against F.cross_entropy on materialised logits, its memory invariant, and the
-model's loss="chunked" option."""
+"""The chunked linear cross-entropy against F.cross_entropy on materialised logits, its memory invariant,
+the model's loss="chunked" option, and the target the loss never scores."""
 
 import sys
 import types
@@ -124,8 +124,6 @@ def test_never_creates_the_full_logits():
     assert tracker.largest >= b * (t - 1) * vocab  # the tracker does see materialised logits
 
 
-# ---- the model option
-
 @pytest.mark.parametrize("preset,overrides", [("neollm-tiny", {}), ("ngen4-tiny", {"logit_softcap": 3.0})])
 def test_model_chunked_loss_equals_the_full_loss(preset, overrides):
     """Same loss and gradients with loss="chunked" as with materialised logits, for any preset (tied or not,
@@ -157,3 +155,15 @@ def test_chunked_loss_with_logits_to_keep_returns_the_last_logits():
         tiny_model("ngen4-tiny")(x, labels=x, logits_to_keep=1)
     with pytest.raises(ConfigError, match="loss must be one of"):
         tiny_model("ngen4-tiny", loss="cut")
+
+
+def test_loss_never_scores_target_zero():
+    model = tiny_model("nyx-tiny")
+    x = torch.randint(1, TINY_VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    x[:, 3::4] = 0
+    out = model(x, labels=x)
+    logits, targets = out.logits[:, :-1].reshape(-1, TINY_VOCAB), x[:, 1:].reshape(-1)
+    keep = targets != 0
+    assert out.loss.item() == pytest.approx(F.cross_entropy(logits[keep], targets[keep]).item(), rel=1e-6)
+    scored = tiny_model("nyx-tiny", loss_ignore_token_id=None)(x, labels=x).loss
+    assert scored.item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-6)

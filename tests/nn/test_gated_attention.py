@@ -1,10 +1,9 @@
 """Qwen3-Next gated attention against a per-head reference written from the spec (§3.6), and its partial RoPE."""
 
-import math
 
 import torch
 
-from conftest import randomise_parameters
+from conftest import randomise_parameters, rotate_pairs
 from lmlab import preset_config
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.gated_attention import GatedAttention
@@ -22,13 +21,7 @@ def zero_centred_rmsnorm(x, weight, eps=1e-6):
 
 def rope_first_16(x, position):
     """Rotate dims 0..15 of one head vector by `position` (pairs (i, i + 8), inv_freq_i = 10000^(−2i/16))."""
-    out = x.clone()
-    for i in range(8):
-        angle = position * 10000.0 ** (-2 * i / 16)
-        a, b = x[i], x[i + 8]
-        out[i] = a * math.cos(angle) - b * math.sin(angle)
-        out[i + 8] = b * math.cos(angle) + a * math.sin(angle)
-    return out
+    return rotate_pairs(x, position, 10000.0, 16)
 
 
 def reference_gated_attention(layer, x):

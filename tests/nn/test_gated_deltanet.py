@@ -1,6 +1,7 @@
 """Gated DeltaNet: the chunked WY form against the recurrence, the recurrence against the matrix formula, the packing,
 the short convolution, the decoding state, padding, and the optional flash-linear-attention dispatch."""
 
+import re
 import sys
 import types
 
@@ -8,11 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import randomise_parameters
-from lmlab import preset_config
+from conftest import forward_context, randomise_parameters, tiny_config
+from lmlab import ConfigError, preset_config
 from lmlab.cache import LMLabCache
 from lmlab.nn import delta_rule
-from lmlab.nn.context import ForwardContext
 from lmlab.nn.delta_rule import (
     chunk_gated_delta_rule,
     gated_delta_rule,
@@ -96,11 +96,6 @@ def gdn_config(**overrides):
     return preset_config("neollm-110m", **{"vocab_size": 101, **overrides})
 
 
-def context(t, past=0, cache=None, mask=None):
-    return ForwardContext(position_ids=torch.arange(past, past + t)[None], rotation=None, key_padding_mask=mask,
-                          cache=cache, past_length=past)
-
-
 def test_packing_follows_the_qwen3_next_group_layout():
     layer = GatedDeltaNet(gdn_config(), 0)
     b, t = 1, 1
@@ -149,13 +144,28 @@ def test_prefill_then_decode_equals_the_full_forward(chunk):
     randomise_parameters(layer, seed=1)
     x = torch.randn(2, 47, 512)
     with torch.no_grad():
-        full = layer(x, context(47))
+        full = layer(x, forward_context(47))
         cache = LMLabCache(1)
-        pieces = [layer(x[:, :37], context(37, cache=cache))]
+        pieces = [layer(x[:, :37], forward_context(37, cache=cache))]
         assert cache.layers[0].conv.shape == (2, 3, 1024) and cache.layers[0].recurrent.dtype == torch.float32
         for i in range(37, 47):
-            pieces.append(layer(x[:, i:i + 1], context(1, past=i, cache=cache)))
+            pieces.append(layer(x[:, i:i + 1], forward_context(1, past=i, cache=cache)))
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option,refusal", [
+    ({"layers": [{"window": 8}, {}, {}, {}]}, "window=8 on layer 0: ignored by mixer 'gated_deltanet'"),
+    ({"layers": [{}, {"value_embed": True}, {}, {}]}, "value_embed=True on layer 1: ignored by mixer 'gated_deltanet'"),
+    ({"qk_norm": "rmsnorm"}, "qk_norm='rmsnorm': ignored by mixer 'gated_deltanet'"),
+    ({"position": "rope"}, "position 'rope': no layer's mixer rotates queries and keys"),
+    ({"attention_scale": "hidden_size"}, "attention_scale='hidden_size': ignored by mixer 'gated_deltanet'"),
+])
+def test_attention_options_are_refused_by_name(option, refusal):
+    """The recurrence has no window, value embeddings, QK-norm, rotation or softmax scale: setting one is an error."""
+    plain = dict(layers=None, position="none", rope_pct=1.0)
+    assert tiny_config("neollm-tiny", **plain).mixer == "gated_deltanet"
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        tiny_config("neollm-tiny", **{**plain, **option})
 
 
 def test_left_padding_gives_the_unpadded_outputs_and_states():
@@ -166,8 +176,8 @@ def test_left_padding_gives_the_unpadded_outputs_and_states():
     mask = torch.cat([torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 12, dtype=torch.bool)], 1)
     alone_cache, padded_cache = LMLabCache(1), LMLabCache(1)
     with torch.no_grad():
-        alone = layer(x, context(12, cache=alone_cache))
-        padded = layer(torch.cat([pads, x], 1), context(17, cache=padded_cache, mask=mask))
+        alone = layer(x, forward_context(12, cache=alone_cache))
+        padded = layer(torch.cat([pads, x], 1), forward_context(17, cache=padded_cache, key_padding=mask))
     torch.testing.assert_close(padded[:, 5:], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(padded_cache.layers[0].recurrent, alone_cache.layers[0].recurrent)
     torch.testing.assert_close(padded_cache.layers[0].conv, alone_cache.layers[0].conv)

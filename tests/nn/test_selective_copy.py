@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import randomise_parameters, tiny_model
+from conftest import forward_context, randomise_parameters, rotate_pairs, tiny_model
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.selective_copy import selective_copy_keys
 
@@ -56,8 +56,9 @@ def test_cumsum_form_equals_step_recurrence():
     torch.testing.assert_close(final.double(), running, atol=1e-12, rtol=1e-12)
 
 
-def reference_mixer(mixer, x, scale):
-    """Spec §3.3 step by step, with an explicit per-position loop for K'."""
+def reference_mixer(mixer, x, scale, rotate=None):
+    """Spec §3.3 step by step, with an explicit per-position loop for K'; `rotate(vector, position)`, when given,
+    turns each query at its position and each mean key K'_j at its own (0-based) position, after the mean."""
     b, t, d = x.shape
     h, hd = mixer.num_heads, mixer.head_dim
     p = x.double() @ mixer.qkvg_proj.weight.double().T
@@ -71,9 +72,10 @@ def reference_mixer(mixer, x, scale):
             running = torch.zeros(hd, dtype=torch.float64)
             for j in range(1, t + 1):
                 running = running + j * gate[bi, j - 1, head] * k[bi, j - 1, head]
-                key_avg.append(running / j ** 2)
+                key_avg.append(running / j ** 2 if rotate is None else rotate(running / j ** 2, j - 1))
             key_avg = torch.stack(key_avg)
-            scores = q[bi, :, head] @ key_avg.T * scale
+            queries = q[bi, :, head] if rotate is None else torch.stack([rotate(q[bi, i, head], i) for i in range(t)])
+            scores = queries @ key_avg.T * scale
             scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
             out[bi, :, head] = torch.softmax(scores, -1) @ v[bi, :, head]
     return out.reshape(b, t, d) @ mixer.out_proj.weight.double().T
@@ -89,6 +91,20 @@ def test_mixer_uses_one_over_sqrt_hidden_size_not_head_dim():
     torch.testing.assert_close(out, reference_mixer(mixer, x, 1 / math.sqrt(64)), atol=1e-5, rtol=1e-5)
     wrong = reference_mixer(mixer, x, 1 / math.sqrt(16))
     assert (out - wrong).abs().max() > 1e-3
+
+
+def test_rope_rotates_queries_and_the_mean_keys_after_the_mean():
+    """N4 has no position encoding; with position=rope, q_i turns at i and K'_j at j (after the mean)."""
+    model = tiny_model("n4-tiny", position="rope")
+    randomise_parameters(model)
+    mixer = model.model.layers[0].mixer
+    torch.manual_seed(4)
+    x = torch.randn(2, 9, 64)
+    out = mixer(x, forward_context(9, batch=2, position=model.model.position)).double()
+    expected = reference_mixer(mixer, x, 1 / 8, rotate=lambda vector, position: rotate_pairs(vector, position,
+                                                                                               10000.0, 16))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert (out - run_mixer(mixer, x).double()).abs().max() > 1e-3  # the rotation is not ignored
 
 
 def test_left_padding_gives_the_same_outputs_as_the_unpadded_row():
