@@ -67,7 +67,7 @@ def _write_tokens(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, target, ba
     eos = tokenizer.eos_token_id
     counts = {"documents": 0, "tokens": 0, "bytes": 0}
     batch: list[str] = []
-    batch_chars = batch_bytes = 0
+    batch_chars = 0
 
     def flush():
         for encoding in tokenizer.backend_tokenizer.encode_batch(batch, add_special_tokens=True):
@@ -75,19 +75,18 @@ def _write_tokens(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, target, ba
             ids.tofile(target)
             counts["tokens"] += len(ids)
         batch.clear()
-        bar.update(batch_bytes)
+        bar.update(counts["bytes"] - bar.n)
 
     for text in corpus.documents():
         if not text:
             continue
         batch.append(text)
-        size = len(text.encode("utf-8"))
-        batch_chars, batch_bytes = batch_chars + len(text), batch_bytes + size
+        batch_chars += len(text)
         counts["documents"] += 1
-        counts["bytes"] += size
+        counts["bytes"] += len(text.encode("utf-8"))
         if batch_chars >= ENCODE_BATCH_CHARS:
             flush()
-            batch_chars = batch_bytes = 0
+            batch_chars = 0
     if batch:
         flush()
     return {**counts, "dtype": dtype.name}

@@ -35,7 +35,7 @@ def require_lm_eval() -> None:
         import lm_eval  # noqa: F401
     except ImportError as err:
         raise MissingDependencyError("benchmark tasks run through lm-evaluation-harness, which is not installed: "
-                           "pip install 'lmlab[eval]' (perplexity:PATH works without it)") from err
+                                     "pip install 'lmlab[eval]' (perplexity:PATH works without it)") from err
 
 
 def parse_task_specs(specs: list[str]) -> TaskSpecs:
