@@ -157,6 +157,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path
 
 
+def checkpoint_config(checkpoint: Path) -> dict:
+    """The TrainConfig values the checkpoint was written with (its train_config.json)."""
+    return json.loads((checkpoint / TRAIN_CONFIG).read_text())
+
+
 def remove_leftovers(run_dir: Path) -> None:
     """Delete temporary folders and files of a checkpoint write or deletion that was interrupted."""
     folder = checkpoints_dir(run_dir)
@@ -241,6 +246,7 @@ def check_compatible(saved: dict, current: dict, checkpoint: Path) -> None:
                                  "resume with the checkpoint's settings, or start a new run in another --out")
 
 
-__all__ = ["CheckpointMismatch", "TRAIN_CONFIG", "TRAINER_STATE", "check_compatible", "complete_checkpoints",
+__all__ = ["CheckpointMismatch", "TRAIN_CONFIG", "TRAINER_STATE", "check_compatible", "checkpoint_config",
+           "complete_checkpoints",
            "latest_checkpoint", "load_trainer_state", "missing_checkpoint_files", "prune", "remove_leftovers",
            "restore_rng_state", "rng_state", "save_checkpoint"]

@@ -199,11 +199,10 @@ def run_config(preset: str | None, out: str | None, resume: bool, options: dict)
 
 def _saved_config(run_dir: str) -> dict | None:
     """The TrainConfig values of the run's newest checkpoint, None when it has none."""
-    from lmlab.run_layout import TRAIN_CONFIG
-    from lmlab.train.checkpoint import latest_checkpoint
+    from lmlab.train.checkpoint import checkpoint_config, latest_checkpoint
 
     checkpoint = latest_checkpoint(run_dir)
-    return None if checkpoint is None else json.loads((checkpoint / TRAIN_CONFIG).read_text())
+    return None if checkpoint is None else checkpoint_config(checkpoint)
 
 
 def check_seq_len(seq_len: int, model_config) -> None:

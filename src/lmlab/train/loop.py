@@ -28,6 +28,7 @@ from lmlab.train import distributed as dist_utils
 from lmlab.train.budget import resolve_steps
 from lmlab.train.checkpoint import (
     check_compatible,
+    checkpoint_config,
     latest_checkpoint,
     load_trainer_state,
     remove_leftovers,
@@ -85,7 +86,7 @@ def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool
         source.start(run_dir, env, log)
     else:
         state = load_trainer_state(checkpoint)
-        saved = TrainConfig.from_dict(json.loads((checkpoint / TRAIN_CONFIG).read_text()))
+        saved = TrainConfig.from_dict(checkpoint_config(checkpoint))
     data = prepare_data(config, env, log, tokenizer_spec=source.tokenizer_spec(run_dir))
     model = source.build(data.tokenizer, run_dir, checkpoint, log)
     tokenizer = data.tokenizer
