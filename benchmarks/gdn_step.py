@@ -144,7 +144,7 @@ def kernel_section(args, baseline) -> list[dict]:
     results = []
     for batch in args.kernel_batch:
         inputs = kernel_inputs(batch, args.seq_len, config)
-        variants = {f"{name}_{precision}": (lambda kernel=kernel, precision=precision:
+        variants = {f"{name}_{precision}": (lambda kernel=kernel, precision=precision, inputs=inputs:
                                             kernel_step(kernel, inputs, precision, scale))
                     for precision in ("fp32", "bf16") for name, kernel in kernels.items()}
         for fn in variants.values():  # warm-up

@@ -370,7 +370,7 @@ def test_eval_command_prints_a_table_and_writes_json(tmp_path, capfd, monkeypatc
     model_dir = save_model_dir(tmp_path / "model", "n4-tiny")
     text = tmp_path / "text.txt"
     text.write_text("A short text to score.\n" * 20)
-    code = main(["eval", "--checkpoint", str(model_dir), "--tasks", f"arc_easy,perplexity:{text}", "--limit", "4",
+    code = main(["eval", "--model", str(model_dir), "--tasks", f"arc_easy,perplexity:{text}", "--limit", "4",
                  "--data-dir", str(shared_data("eval")), "--max-length", "128", "--bootstrap-iters", "0"])
     assert code == 0
     out, err = capfd.readouterr()
@@ -387,7 +387,7 @@ def test_eval_command_unknown_task(tmp_path, capsys):
     from lmlab.cli import main
 
     model_dir = save_model_dir(tmp_path / "model", "ngen4-tiny")
-    assert main(["eval", "--checkpoint", str(model_dir), "--tasks", "hellaswagg", "--data-dir", str(tmp_path)]) == 2
+    assert main(["eval", "--model", str(model_dir), "--tasks", "hellaswagg", "--data-dir", str(tmp_path)]) == 2
     assert "unknown task 'hellaswagg'. Did you mean hellaswag" in capsys.readouterr().err
 
 
@@ -449,10 +449,10 @@ def test_generate_and_eval_read_a_training_run(tmp_path, capsys):
                  "0", "--no-progress", "--no-tensorboard", "--cache-dir", str(tmp_path / "cache"),
                  "--set", "hidden_size=32", "--set", "intermediate_size=64"]) == 0
     capsys.readouterr()
-    assert main(["generate", "--checkpoint", str(run), "--prompt", "def ", "--max-new-tokens", "8", "--seed", "0",
+    assert main(["generate", "--model", str(run), "--prompt", "def ", "--max-new-tokens", "8", "--seed", "0",
                  "--ignore-eos"]) == 0
     assert capsys.readouterr().out.startswith("def ")
     text = tmp_path / "text.txt"
     text.write_text("def main():\n    return 0\n" * 4)
-    assert main(["eval", "--checkpoint", str(run), "--tasks", f"perplexity:{text}"]) == 0
+    assert main(["eval", "--model", str(run), "--tasks", f"perplexity:{text}"]) == 0
     assert "|32|16|" in capsys.readouterr().out  # the context is the trained length, the stride half of it

@@ -48,7 +48,7 @@ def cli(tmp_path, *args):
 
 
 def finetune(tmp_path, base, out, corpus, *extra):
-    return cli(tmp_path, "finetune", "--base", str(base), "--out", str(out), "--data", str(corpus), *COMMON, *extra)
+    return cli(tmp_path, "finetune", "--model", str(base), "--out", str(out), "--data", str(corpus), *COMMON, *extra)
 
 
 def losses(run_dir):
@@ -126,6 +126,7 @@ def test_lora_finetune_resumes_exactly(corpus, tmp_path, monkeypatch):
             raise Interrupted
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    monkeypatch.setenv("LMLAB_DEBUG", "1")  # the command line passes the unexpected error on instead of a bug line
     with pytest.raises(Interrupted):
         finetune(tmp_path, base, tmp_path / "resumed", corpus, *args)
     monkeypatch.undo()
@@ -168,15 +169,15 @@ def test_bad_input_is_refused_by_name(corpus, tmp_path, capsys):
     base = make_base("nyx-tiny", tmp_path / "base")
     (tmp_path / "empty").mkdir()
     cases = [
-        (["--base", str(tmp_path / "empty"), "--lora", "--steps", "1"], "neither a model directory"),
-        (["--base", str(base), "--lora", "--rank", "0", "--steps", "1"], "rank must be a positive integer"),
-        (["--base", str(base), "--lora", "--targets", "query", "--steps", "1"], "'query' matches no linear"),
-        (["--base", str(base), "--rank", "4", "--steps", "1"], "--rank configure LoRA adapters; add --lora"),
-        (["--base", str(base), "--lora"], "needs a budget"),
-        (["--base", str(base), "--tokenizer", "gpt2", "--steps", "1"], "has its own tokenizer"),
-        (["--base", str(base), "--lora", "--distributed", "fsdp", "--steps", "1"], "not FSDP"),
-        (["--base", str(base), "--set", "hidden_size=64", "--steps", "1"], "change the shapes of the base"),
-        (["--lora", "--steps", "1"], "give --base"),
+        (["--model", str(tmp_path / "empty"), "--lora", "--steps", "1"], "neither a model directory"),
+        (["--model", str(base), "--lora", "--rank", "0", "--steps", "1"], "rank must be a positive integer"),
+        (["--model", str(base), "--lora", "--targets", "query", "--steps", "1"], "'query' matches no linear"),
+        (["--model", str(base), "--rank", "4", "--steps", "1"], "--rank configure LoRA adapters; add --lora"),
+        (["--model", str(base), "--lora"], "needs a budget"),
+        (["--model", str(base), "--tokenizer", "gpt2", "--steps", "1"], "has its own tokenizer"),
+        (["--model", str(base), "--lora", "--distributed", "fsdp", "--steps", "1"], "not FSDP"),
+        (["--model", str(base), "--set", "hidden_size=64", "--steps", "1"], "change the shapes of the base"),
+        (["--lora", "--steps", "1"], "give --model"),
     ]
     for args, message in cases:
         code = cli(tmp_path, "finetune", "--out", str(tmp_path / "run"), "--data", str(corpus), *COMMON, *args)

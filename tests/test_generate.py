@@ -222,7 +222,7 @@ def test_generate_command_streams_the_completion(tmp_path, capsys):
     run.mkdir(parents=True)
     (run / "step-00000001").symlink_to(model_dir)
     (run / "LATEST").write_text("step-00000001\n")
-    assert main(["generate", "--checkpoint", str(tmp_path / "run"), "--prompt", "Hello", "--max-new-tokens", "12",
+    assert main(["generate", "--model", str(tmp_path / "run"), "--prompt", "Hello", "--max-new-tokens", "12",
                  "--greedy", "--ignore-eos", "--device", "cpu", "--dtype", "float32"]) == 0
     captured = capsys.readouterr()
     model, tokenizer, _ = load_model(model_dir)
@@ -236,12 +236,12 @@ def test_generate_command_batch_and_bad_input(tmp_path, capsys):
     from lmlab.cli import main
 
     model_dir = save_model_dir(tmp_path / "model", "ngen4-tiny", max_position_embeddings=32)
-    assert main(["generate", "--checkpoint", str(model_dir), "--prompt", "a", "--prompt", "bc", "--num-samples", "2",
+    assert main(["generate", "--model", str(model_dir), "--prompt", "a", "--prompt", "bc", "--num-samples", "2",
                  "--max-new-tokens", "3", "--seed", "1", "--no-echo"]) == 0
     assert capsys.readouterr().out.count("=== ") == 4
-    assert main(["generate", "--checkpoint", str(model_dir), "--prompt", ""]) == 2
+    assert main(["generate", "--model", str(model_dir), "--prompt", ""]) == 2
     assert "prompt is empty" in capsys.readouterr().err
-    assert main(["generate", "--checkpoint", str(model_dir), "--prompt", "x" * 40]) == 2
+    assert main(["generate", "--model", str(model_dir), "--prompt", "x" * 40]) == 2
     assert "has 40 tokens but the model's context is 32 tokens" in capsys.readouterr().err
-    assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
+    assert main(["generate", "--model", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
     assert "no such model or run directory" in capsys.readouterr().err

@@ -179,7 +179,7 @@ def test_lm_eval_cli_scores_a_checkpoint_without_importing_lmlab(trained_run, tm
 def test_lora_adapter_checkpoints_and_exports_carry_the_remote_code(trained_run, tmp_path):
     corpus = tmp_path / "notes.txt"
     corpus.write_text("Notes to remember, written down.\n" * 100)
-    assert main(["finetune", "--base", str(trained_run), "--lora", "--data", str(corpus), "--steps", "2",
+    assert main(["finetune", "--model", str(trained_run), "--lora", "--data", str(corpus), "--steps", "2",
                  "--seq-len", "32", "--batch-size", "2", "--out", str(tmp_path / "lora"), "--no-progress",
                  "--cache-dir", str(tmp_path / "cache"), "--sample-tokens", "0"]) == 0
     adapter_checkpoint = resolve_model_dir(tmp_path / "lora")

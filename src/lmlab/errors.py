@@ -48,5 +48,26 @@ class TrainingDiverged(LMLabError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-__all__ = ["CheckpointMismatch", "CheckpointMismatchError", "ConfigError", "DataError", "LMLabError",
-           "OverrideError", "TokenizerError", "TrainingDiverged", "UnknownNameError", "VariantError"]
+class UnsafeFileError(LMLabError, ValueError):
+    """A file lmlab refuses to read because reading it could run code (a pickle holding more than tensors)."""
+
+
+class CorruptFileError(LMLabError, ValueError):
+    """A file or folder that is truncated, corrupt or incomplete (model weights, a checkpoint, a trainer state)."""
+
+
+class CheckpointWriteError(LMLabError, OSError):
+    """A checkpoint that could not be written (a full disk, no permission); the earlier checkpoints are intact."""
+
+
+class TaskError(LMLabError, ValueError):
+    """An evaluation task definition that cannot run (an unknown key, a template naming a missing field)."""
+
+
+class MissingDependencyError(LMLabError, RuntimeError):
+    """An optional package (or hardware) a feature needs is not installed; the message names what to install."""
+
+
+__all__ = ["CheckpointMismatch", "CheckpointMismatchError", "CheckpointWriteError", "ConfigError", "CorruptFileError",
+           "DataError", "LMLabError", "MissingDependencyError", "OverrideError", "TaskError", "TokenizerError",
+           "TrainingDiverged", "UnknownNameError", "UnsafeFileError", "VariantError"]

@@ -7,8 +7,8 @@ model.safetensors, tokenizer files): `AutoModelForCausalLM.from_pretrained(dir)`
 A *run directory* is what `lmlab train --out RUN` writes:
 
     RUN/train_config.json            the run's resolved TrainConfig
-    RUN/checkpoints/step-00000100/   a model directory plus train_config.json and trainer_state.pt (optimizer,
-                                     schedules, RNG, data position)
+    RUN/checkpoints/step-00000100/   a model directory plus train_config.json and trainer_state.json +
+                                     trainer_state.safetensors (optimizer, schedules, RNG, data position; no pickle)
     RUN/checkpoints/LATEST           the name of the newest complete checkpoint (replaced atomically)
     RUN/metrics.jsonl, RUN/tensorboard/, RUN/samples.txt
     RUN/base/                        `lmlab finetune` only: the model the run started from (a model directory)
@@ -30,6 +30,8 @@ from pathlib import Path
 
 # model directories
 MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_WEIGHTS_INDEX = "model.safetensors.index.json"  # a sharded model's index, naming every shard
 ADAPTER_DIR = "adapter"  # where a training checkpoint of an older layout kept its LoRA adapters
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -42,8 +44,9 @@ CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 BASE_DIR = "base"
 TRAIN_CONFIG = "train_config.json"
-TRAINER_STATE = "trainer_state.pt"
-TEMPORARY_PREFIX = ".tmp-"  # a checkpoint or base being written (renamed into place when complete)
+TRAINER_STATE = "trainer_state"  # trainer_state.json + trainer_state.safetensors (lmlab.train.state_file)
+LEGACY_TRAINER_STATE = "trainer_state.pt"  # a pickle, as lmlab versions before the state files wrote it
+TEMPORARY_PREFIX = ".tmp-"  # a checkpoint or base being written (renamed into place when complete) or deleted
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 SAMPLES_FILE = "samples.txt"

@@ -29,9 +29,11 @@ def register(subparsers) -> None:
     parser.add_argument("variants", nargs="*", metavar="VARIANT", help="variants to train (see below)")
     parser.add_argument("--variants", dest="variant_files", action="append", default=[], metavar="FILE",
                         help="YAML/JSON file of named variants (docs/compare.md); repeatable")
-    parser.add_argument("--budget", help="tokens=N | flops=F | seconds=S per run (suffixes k, M, G, T, P)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per variant: --seed, --seed + 1, ...")
-    parser.add_argument("--out", required=True, help="the comparison's folder (runs and report)")
+    parser.add_argument("--budget", metavar="KIND=AMOUNT",
+                        help="tokens=N | flops=F | seconds=S per run (suffixes k, M, G, T, P)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                        help="seeds per variant: --seed, --seed + 1, ... (default: 1)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the comparison's folder (runs and report)")
     system = add_train_options(parser, SHARED_OPTIONS)[SYSTEM]
     add_device_argument(system)
     add_override_arguments(system, "every variant (before the variant's own)")

@@ -1,4 +1,4 @@
-"""`lmlab generate --checkpoint RUN --prompt TEXT`: continue prompts with a saved model, streaming to the terminal."""
+"""`lmlab generate --model RUN --prompt TEXT`: continue prompts with a saved model, streaming to the terminal."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from lmlab.commands.options import add_model_argument
 from lmlab.generation.loading import DTYPE_CHOICES
 from lmlab.generation.sampling import SamplingOptions
 
@@ -28,7 +29,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"0 = off (default: {DEFAULTS.min_p})")
     group.add_argument("--repetition-penalty", type=float, default=DEFAULTS.repetition_penalty, metavar="R",
                        help=f"1 = off (default: {DEFAULTS.repetition_penalty})")
-    group.add_argument("--seed", type=int, help="makes sampling reproducible")
+    group.add_argument("--seed", type=int, metavar="N", help="makes sampling reproducible")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="stop at this text (not printed); repeatable")
     group.add_argument("--stop-id", action="append", type=int, default=[], metavar="ID",
@@ -42,12 +43,13 @@ def register(subparsers) -> None:
         "generate", help="generate text from a saved model",
         description="Continue one or more prompts with a model directory or training run (its newest checkpoint). "
                     "One prompt streams to stdout as it is decoded; several are generated as one batch.")
-    parser.add_argument("--checkpoint", required=True, help="model directory or training run directory")
+    add_model_argument(parser, "--checkpoint")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="prompt text; repeat for a batch")
-    source.add_argument("--prompt-file", type=Path, help="one prompt per line")
-    parser.add_argument("--num-samples", type=int, default=1, help="completions per prompt (default 1)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    source.add_argument("--prompt-file", type=Path, metavar="FILE", help="one prompt per line")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="completions per prompt (default: 1)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when available), cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="weights dtype (auto: bfloat16 on a GPU, float32 on CPU)")
     parser.add_argument("--no-echo", action="store_true", help="print only the generated text")
@@ -87,16 +89,21 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)
     quiet_progress_bars()
-    model, tokenizer, model_dir = load_model(args.checkpoint, args.device, args.dtype)
+    model, tokenizer, model_dir = load_model(args.model, args.device, args.dtype)
     generator = Generator(model, tokenizer, compile=args.compile)
     stop_ids = set(args.stop_id) | (set() if args.ignore_eos else generator.default_stop_token_ids())
     options = sampling_options(args, tuple(stop_ids))
     start = time.perf_counter()
     if len(prompts) == 1:
-        if not args.no_echo:
-            sys.stdout.write(prompts[0])
-        completions = generator.generate(prompts, options, on_text=lambda _, piece: _write(piece))
-        sys.stdout.write("\n")
+        echo = [] if args.no_echo else [prompts[0]]  # written with the first piece: a refused prompt prints nothing
+
+        def stream(_, piece: str) -> None:
+            while echo:
+                _write(echo.pop())
+            _write(piece)
+
+        completions = generator.generate(prompts, options, on_text=stream)
+        stream(0, "\n")
     else:
         completions = generator.generate(prompts, options)
         for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):

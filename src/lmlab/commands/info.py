@@ -9,7 +9,7 @@ from collections import Counter
 
 import torch
 
-from lmlab.commands.options import add_override_arguments, model_overrides
+from lmlab.commands.options import add_model_argument, add_override_arguments, model_overrides
 from lmlab.config import LMLabConfig
 from lmlab.explain import explain
 from lmlab.info import describe, parameter_counts
@@ -25,10 +25,10 @@ def register(subparsers) -> None:
                                                "counts and forward FLOPs per token.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--list", action="store_true", help="list every preset")
-    source.add_argument("--preset", help="a preset name (see --list)")
-    source.add_argument("--model", help="a saved lmlab model directory or training run")
-    parser.add_argument("--seq-len", type=int, help="sequence length for FLOPs (default: the preset's training "
-                                                   "length, else 512)")
+    source.add_argument("--preset", metavar="NAME", help="a preset name (see --list)")
+    add_model_argument(source, None, required=False)
+    parser.add_argument("--seq-len", type=int, metavar="N",
+                        help="sequence length for FLOPs (default: the preset's training length, else 512)")
     add_override_arguments(parser)
     parser.add_argument("--explain", action="store_true",
                         help="print the forward the config assembles, block by block, instead of the counts")

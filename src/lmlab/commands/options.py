@@ -51,5 +51,16 @@ def given_options(args: argparse.Namespace, options: tuple[TrainOption, ...] = T
     return given
 
 
+MODEL_HELP = "a model directory, or a training run (its newest checkpoint)"
+
+
+def add_model_argument(parser, old_name: str | None, help: str = MODEL_HELP, required: bool = True) -> None:
+    """`--model MODEL_OR_RUN`, the model a verb reads (every verb names it so); `old_name` (the verb's earlier name
+    for it, e.g. --checkpoint) still works."""
+    names = ["--model"] + ([old_name] if old_name else [])
+    alias = f"; {old_name} is its old name" if old_name else ""
+    parser.add_argument(*names, dest="model", metavar="MODEL_OR_RUN", required=required, help=help + alias)
+
+
 def add_device_argument(parser) -> None:
     parser.add_argument("--device", help="cpu | cuda | cuda:N | mps (default: cuda when available, else cpu)")

@@ -18,8 +18,10 @@ def register(subparsers) -> None:
                     "standard library's sources). Run under torchrun for DDP/FSDP2 on many processes.")
     parser.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
                         help="preset to train (`lmlab info --list`); optional with --resume")
-    parser.add_argument("--out", help="run directory (default: runs/PRESET)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--out", metavar="RUN", help="run directory (default: runs/PRESET)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its latest checkpoint; with a larger budget (--steps, "
+                             "--tokens, --chinchilla) extend it (README: Extending a run)")
     add_training_arguments(parser)
     parser.set_defaults(run=run)
 

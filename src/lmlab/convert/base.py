@@ -12,15 +12,20 @@ import torch
 from torch import nn
 
 from lmlab.errors import CheckpointMismatchError
+from lmlab.model_files import TIED_HEAD, read_safetensors, weight_problems
 from lmlab.registry import Registry
+from lmlab.weights_only import load_weights_only
 
 CONVERTERS: Registry = Registry("converter")
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+UNSAFE_CHECKPOINT_FIX = ("If you trust where it came from, re-save its tensors as .safetensors in a separate step "
+                         "(safetensors.torch.save_file) and convert that file")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state_dict from .safetensors, or from .bin / .pt / .pth via torch.load(weights_only=True).
+    """A state_dict from .safetensors, or from .bin / .pt / .pth with PyTorch's weights-only unpickler
+    (lmlab.weights_only: a file holding anything but tensors and plain values is refused, never unpickled).
 
     A training checkpoint `{"model_state_dict": ..., "optimizer_state_dict": ..., ...}` gives its model state.
     DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes are stripped explicitly.
@@ -29,11 +34,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
+        state = read_safetensors(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path, fix=UNSAFE_CHECKPOINT_FIX)
         if isinstance(state, dict) and isinstance(state.get("model_state_dict"), dict):
             state = state["model_state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -51,34 +54,17 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
-def _listing(keys) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:8])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-
 def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load `state` into `model`, refusing missing, unexpected or mis-shaped tensors (naming them).
 
     With tied embeddings the output head may be absent from `state` (it is the embedding); when present it must
     equal the embedding.
     """
-    expected = model.state_dict()
     tied = getattr(model.config, "tie_word_embeddings", False)
-    optional = {"lm_head.weight"} if tied else set()
-    missing = set(expected) - set(state) - optional
-    unexpected = set(state) - set(expected)
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if shapes:
-        problems.append("shape mismatches: " + "; ".join(sorted(shapes)[:8]))
-    if tied and "lm_head.weight" in state and not shapes and not torch.equal(
-            state["lm_head.weight"], state.get("model.embed_tokens.weight", state["lm_head.weight"])):
+    problems = weight_problems({k: v.shape for k, v in model.state_dict().items()},
+                               {k: v.shape for k, v in state.items()}, {TIED_HEAD} if tied else set())
+    if tied and TIED_HEAD in state and not problems and not torch.equal(
+            state[TIED_HEAD], state.get("model.embed_tokens.weight", state[TIED_HEAD])):
         problems.append("lm_head.weight differs from the embedding but the model ties them")
     if problems:
         raise CheckpointMismatchError(f"{source} does not match the model — " + " | ".join(problems))

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lmlab.errors import DataError
+from lmlab.hub import hub_unavailable
 
 STDLIB = "stdlib"
 SHAKESPEARE = "shakespeare"
@@ -158,6 +159,10 @@ class HFDataset:
     def documents(self) -> Iterator[str]:
         import datasets
 
+        reason = hub_unavailable()
+        if reason is not None:
+            raise DataError(f"cannot stream Hugging Face dataset {self.describe()}: it is not a local file, and the "
+                            f"hub cannot be reached ({reason}); download the data and pass local files with --data")
         try:
             stream = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True)
         except Exception as err:  # datasets raises many types (network, missing config, missing split)
@@ -262,6 +267,14 @@ def _expand(spec: str) -> tuple[Path, ...]:
     return (path,)
 
 
+def absolute_spec(spec: str) -> str:
+    """A `--data` value with its file path or glob made absolute (`~` expanded), so it names the same files from any
+    working directory; the built-in corpora and `hf:` names are returned as they are."""
+    if spec in (STDLIB, SHAKESPEARE) or spec.startswith(HF_PREFIX):
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))
+
+
 def parse_source(spec: str, text_field: str = DEFAULT_TEXT_FIELD, hf_split: str = "train",
                  max_documents: int | None = None) -> Source:
     """One `--data` value as a source (see the module docstring for the forms)."""
@@ -293,4 +306,5 @@ def open_corpus(specs: list[str] | tuple[str, ...] | None, text_field: str = DEF
 
 
 __all__ = ["Corpus", "DataError", "HFDataset", "JsonlFiles", "ParquetFiles", "SHAKESPEARE", "STDLIB",
-           "ShakespeareCorpus", "StdlibCorpus", "TextFiles", "open_corpus", "parse_source", "stdlib_files"]
+           "ShakespeareCorpus", "StdlibCorpus", "TextFiles", "absolute_spec", "open_corpus", "parse_source",
+           "stdlib_files"]

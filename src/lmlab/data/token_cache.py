@@ -8,8 +8,8 @@ Layout under the cache directory (`--cache-dir`, default `$LMLAB_CACHE` or `~/.c
 `key` hashes the corpus fingerprint and the tokenizer fingerprint, so another corpus, another tokenizer or an edited
 file gets a new file and a second run with the same ones starts at once. Documents are encoded in batches with the
 `tokenizers` library's parallel `encode_batch` (every core), with the tokenizer's own special tokens (Mistral's BOS)
-and then EOS. Files appear atomically (written under a temporary name, then renamed), so an interrupted run never
-leaves a truncated cache behind.
+and then EOS, under a progress bar on stderr (bytes of text encoded) when asked for. Files appear atomically
+(written under a temporary name, then renamed), so an interrupted run never leaves a truncated cache behind.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
+from lmlab.data.progress import progress_bar
 from lmlab.data.sources import Corpus, DataError
 from lmlab.data.tokenizers import tokenizer_fingerprint
 
 FORMAT_VERSION = 1
-ENCODE_BATCH_CHARS = 8 << 20  # characters handed to one encode_batch call
+ENCODE_BATCH_CHARS = 1 << 20  # characters handed to one encode_batch call (one progress-bar update)
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +62,7 @@ def _document_ids(encoding_ids: list[int], eos: int) -> list[int]:
     return encoding_ids if encoding_ids and encoding_ids[-1] == eos else [*encoding_ids, eos]
 
 
-def _write_tokens(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, target) -> dict:
+def _write_tokens(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, target, bar) -> dict:
     dtype = token_dtype(len(tokenizer))
     eos = tokenizer.eos_token_id
     counts = {"documents": 0, "tokens": 0, "bytes": 0}
@@ -74,6 +75,7 @@ def _write_tokens(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, target) ->
             ids.tofile(target)
             counts["tokens"] += len(ids)
         batch.clear()
+        bar.update(counts["bytes"] - bar.n)
 
     for text in corpus.documents():
         if not text:
@@ -91,8 +93,9 @@ def _write_tokens(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, target) ->
 
 
 def build_token_file(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, cache_dir: Path,
-                     tokenizer_name: str = "") -> TokenFile:
-    """The token file of `corpus` under `tokenizer`: found in the cache, or built now (then cached)."""
+                     tokenizer_name: str = "", progress: bool = False) -> TokenFile:
+    """The token file of `corpus` under `tokenizer`: found in the cache, or built now (then cached), with a
+    progress bar when `progress`."""
     key = cache_key(corpus, tokenizer)
     folder = Path(cache_dir) / "tokens"
     path, meta_path = folder / f"{key}.bin", folder / f"{key}.json"
@@ -101,8 +104,8 @@ def build_token_file(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, cache_d
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f"{key}.bin.tmp-{os.getpid()}"
     try:
-        with temporary.open("wb") as target:
-            counts = _write_tokens(corpus, tokenizer, target)
+        with temporary.open("wb") as target, progress_bar(progress, f"tokenizing {corpus.describe()}") as bar:
+            counts = _write_tokens(corpus, tokenizer, target, bar)
             target.flush()
             os.fsync(target.fileno())
         if counts["documents"] == 0:

@@ -31,7 +31,9 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from lmlab.data.progress import counted, progress_bar
 from lmlab.errors import TokenizerError
+from lmlab.hub import hub_unavailable
 
 BUILTIN_TOKENIZERS = ("bytes", "bpe:N", "gpt2", "mistral-v1", "mistral-v3", "qwen")
 ENDOFTEXT = "<|endoftext|>"
@@ -83,16 +85,24 @@ def _byte_level(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def train_bpe(vocab_size: int, documents, cache_file: Path | None = None) -> PreTrainedTokenizerFast:
+def train_bpe(vocab_size: int, documents, cache_file: Path | None = None,
+              progress: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE of `vocab_size` tokens (256 bytes, <|endoftext|> at id 0, then merges) trained on
-    `documents` with HF `tokenizers`; written to `cache_file` when given."""
+    `documents` with HF `tokenizers`; written to `cache_file` when given. `progress`: a bar while the corpus is
+    read (and pre-tokenized), which then says the merges are being computed."""
     if vocab_size < 257:
         raise TokenizerError(f"bpe:{vocab_size} is too small: a byte-level BPE needs 256 byte tokens plus "
                              "<|endoftext|>; use bpe:N with N >= 257 (e.g. bpe:4096)")
     tokenizer = _byte_level(Tokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(documents, trainer=trainer)
+    with progress_bar(progress, f"training bpe:{vocab_size}: reading the corpus") as bar:
+
+        def read():
+            yield from counted(documents, bar)
+            bar.set_description_str(f"training bpe:{vocab_size}: computing the merges")
+
+        tokenizer.train_from_iterator(read(), trainer=trainer)
     if cache_file is not None:
         atomic_write_text(cache_file, tokenizer.to_str())
     return _wrap(tokenizer, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT)
@@ -139,12 +149,22 @@ def qwen_tokenizer(cache_dir: Path | None) -> PreTrainedTokenizerFast:
 
 
 def pretrained_tokenizer(name: str) -> PreTrainedTokenizerFast:
-    """Any Hugging Face tokenizer by hub name or local folder; must be fast and have an EOS token."""
+    """Any Hugging Face tokenizer by local folder or hub name: a folder or the hub cache first, then the hub unless
+    it cannot be reached now (lmlab.hub: no minute of retries); must be fast and have an EOS token."""
+    unknown = f"unknown tokenizer {name!r}: it is not one of {list(BUILTIN_TOKENIZERS)}, not a tokenizer folder"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
     except Exception as err:  # hub, file-system and format errors have many types
-        raise TokenizerError(f"unknown tokenizer {name!r}: it is not one of {list(BUILTIN_TOKENIZERS)}, not a "
-                             f"tokenizer folder, and loading it from the Hugging Face hub failed ({err})") from err
+        if Path(name).is_dir():
+            raise TokenizerError(f"{name} holds no tokenizer transformers can load ({err})") from err
+        reason = hub_unavailable()
+        if reason is not None:
+            raise TokenizerError(f"{unknown}, not in the Hugging Face cache, and the hub cannot be reached "
+                                 f"({reason}); check the name, or pass a folder holding the tokenizer") from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except Exception as err:  # noqa: BLE001
+            raise TokenizerError(f"{unknown}, and loading it from the Hugging Face hub failed ({err})") from err
     # lmlab cuts token streams into windows itself: a saved model_max_length must not warn about long documents
     tokenizer.model_max_length = UNBOUNDED_LENGTH
     if not tokenizer.is_fast:
@@ -157,9 +177,10 @@ def pretrained_tokenizer(name: str) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(spec: str, documents=None, cache_dir: Path | None = None,
-                   corpus_fingerprint: str | None = None) -> PreTrainedTokenizerFast:
+                   corpus_fingerprint: str | None = None, progress: bool = False) -> PreTrainedTokenizerFast:
     """The tokenizer named by `spec` (see the module docstring). `bpe:N` trains on `documents` (an iterable of
-    strings), cached under `cache_dir` by `corpus_fingerprint` so a second run reuses it."""
+    strings; with a progress bar when `progress`), cached under `cache_dir` by `corpus_fingerprint` so a second run
+    reuses it."""
     if spec == "bytes":
         return bytes_tokenizer()
     if spec == "gpt2":
@@ -179,7 +200,7 @@ def load_tokenizer(spec: str, documents=None, cache_dir: Path | None = None,
                 return _wrap(Tokenizer.from_file(str(cached)), eos_token=ENDOFTEXT, pad_token=ENDOFTEXT)
         if documents is None:
             raise TokenizerError(f"{spec} trains on the corpus, but no corpus was given")
-        return train_bpe(int(size), documents, cached)
+        return train_bpe(int(size), documents, cached, progress)
     if Path(spec).expanduser().is_dir() or "/" in spec:
         return pretrained_tokenizer(str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec)
     return pretrained_tokenizer(spec)

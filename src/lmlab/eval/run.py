@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmlab.errors import MissingDependencyError, TaskError
+
 PERPLEXITY_PREFIX = "perplexity:"
 SOURCES = ("local", "hub")
 DEFAULT_BATCH_SIZE = 16  # sequences per forward pass
@@ -32,8 +34,8 @@ def require_lm_eval() -> None:
     try:
         import lm_eval  # noqa: F401
     except ImportError as err:
-        raise RuntimeError("benchmark tasks run through lm-evaluation-harness, which is not installed: "
-                           "pip install 'lmlab[eval]' (perplexity:PATH works without it)") from err
+        raise MissingDependencyError("benchmark tasks run through lm-evaluation-harness, which is not installed: "
+                                     "pip install 'lmlab[eval]' (perplexity:PATH works without it)") from err
 
 
 def parse_task_specs(specs: list[str]) -> TaskSpecs:
@@ -94,6 +96,7 @@ def no_git_probe():
 def run_harness(lm, catalog, names: list[str], num_fewshot: int | None, limit: float | None,
                 bootstrap_iters: int, log_samples: bool = False) -> dict:
     import lm_eval
+    from jinja2.exceptions import UndefinedError
 
     catalog.check(names)
     try:
@@ -103,6 +106,10 @@ def run_harness(lm, catalog, names: list[str], num_fewshot: int | None, limit: f
                                               log_samples=log_samples)
     except FileNotFoundError as err:
         raise FileNotFoundError(catalog.missing_data_message(err)) from err
+    except UndefinedError as err:  # a task's Jinja template names a field the rows do not have
+        raise TaskError(f"a template of task {', '.join(names)} names a field its data rows do not have ({err}); "
+                        "check doc_to_text, doc_to_target and doc_to_choice in the task YAML against the fields of "
+                        "its data file") from None
     except AssertionError as err:  # lm-eval asserts that a few-shot pool is large enough
         if "fewshot" not in str(err):
             raise
@@ -179,11 +186,12 @@ def format_report(report: dict) -> str:
 
 
 def report_path(model_dir: Path, output: str | Path | None) -> Path:
-    """Where the JSON goes (`output`, else model_dir/eval/results-<time>.json); checked writable before the run."""
+    """Where the JSON goes (`output`, else model_dir/eval/results-<time>.json); checked writable before the run
+    (a probe file in the nearest existing folder on the way, removed at once: nothing is left behind)."""
     path = Path(output) if output else model_dir / "eval" / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".{path.name}.probe"
+        probe = existing / f".{path.name}.probe"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
@@ -210,6 +218,7 @@ def save_report(report: dict, path: Path) -> None:
             return [clean(v) for v in obj]
         return finite(obj)
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(clean(report), indent=2, default=_jsonable))
 
 

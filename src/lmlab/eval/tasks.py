@@ -13,7 +13,9 @@ Sources:
   (e.g. MMLU's test split, all of HellaSwag's validation split).
 
 Your own task: a YAML file of the same shape (see README: "Evaluation"), passed with `--include FILE_OR_DIR` (or
-its path directly as a task name); relative data files in it are found in the data directory too.
+its path directly as a task name); relative data files in it are found in the data directory too. Its keys are
+checked against lm-eval's task (or group) config before anything runs: a misspelt key is named, with the key it
+was probably meant to be.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from lmlab.errors import TaskError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 DATA_ENV = "LMLAB_EVAL_DATA"
@@ -81,6 +85,22 @@ def yaml_task_name(path: str | Path) -> str:
     return name
 
 
+def check_task_keys(path: Path) -> None:
+    """Refuse a task YAML with a key lm-eval's TaskConfig (GroupConfig for a group of tasks) does not take."""
+    import dataclasses
+
+    from lm_eval.api.group import GroupConfig
+    from lm_eval.api.task import TaskConfig
+
+    config = _raw_config(path)
+    group = isinstance(config.get("task"), list)
+    known = {field.name for field in dataclasses.fields(GroupConfig if group else TaskConfig)}
+    for key in sorted(set(config) - known):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"lm-eval's keys are {', '.join(sorted(known))}"
+        raise TaskError(f"{path}: unknown key {key!r} in a {'group' if group else 'task'} YAML; {hint}")
+
+
 def _raw_config(path: Path) -> dict:
     """A task YAML with its includes merged and `!function` tags left unresolved (lm-eval's loader)."""
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -103,6 +123,8 @@ class TaskCatalog:
         self._folder = tempfile.TemporaryDirectory(prefix="lmlab-tasks-")
         own = task_yaml_files([TASKS_DIR]) if source == "local" else []
         user = task_yaml_files(include)
+        for path in user:
+            check_task_keys(path)
         for number, path in enumerate(own + user):
             self._wrap(path, Path(self._folder.name) / f"{number:04d}_{path.name}")
         self.manager = TaskManager(include_path=self._folder.name, include_defaults=source == "hub")
@@ -134,5 +156,5 @@ class TaskCatalog:
         self._folder.cleanup()
 
 
-__all__ = ["BENCHMARKS", "DATA_ENV", "SOURCES", "TASKS_DIR", "TaskCatalog", "default_data_dir", "go_offline",
-           "yaml_task_name"]
+__all__ = ["BENCHMARKS", "DATA_ENV", "SOURCES", "TASKS_DIR", "TaskCatalog", "check_task_keys", "default_data_dir",
+           "go_offline", "yaml_task_name"]

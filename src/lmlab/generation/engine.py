@@ -65,6 +65,14 @@ def model_stop_token_ids(config) -> set[int]:
     return {int(t) for t in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
+def _check_token_ids(ids, vocab_size: int, what: str) -> None:
+    """Refuse ids outside the model's vocabulary (the embedding would fail, or a stop id would never occur)."""
+    outside = sorted(t for t in ids if not 0 <= t < vocab_size)
+    if outside:
+        raise ValueError(f"{what}: token id {outside[0]} is outside the model's vocabulary of {vocab_size:,} ids "
+                         f"(0 to {vocab_size - 1:,}); use the tokenizer saved with the model")
+
+
 class BatchDecoder:
     """Decodes a batch of token prompts; iterate `steps()` and call `finish(row)` to stop a row early."""
 
@@ -77,15 +85,18 @@ class BatchDecoder:
             raise ValueError("no prompts given")
         if compile and not use_cache:
             raise ValueError("compile=True compiles the cached one-token step; it needs use_cache=True")
+        vocab = model.config.vocab_size
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {i} is empty: give at least one token")
+            _check_token_ids(prompt, vocab, f"prompt {i}")
         self.model = model
         self.options = options
         self.use_cache = use_cache
         self.compile = compile
         self.stop_token_ids = (set(options.stop_token_ids) if options.stop_token_ids is not None
                                else model_stop_token_ids(model.config) if stop_token_ids is None else stop_token_ids)
+        _check_token_ids(self.stop_token_ids, vocab, "the stop token ids")
         self.limit = model.config.max_position_embeddings
         width = max(len(p) for p in prompts)
         if self.limit is not None and width > self.limit:

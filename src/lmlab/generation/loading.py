@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from lmlab.errors import TokenizerError
+from lmlab.model_files import check_model_dir
 from lmlab.run_layout import resolve_model_dir
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -52,15 +54,22 @@ def load_tokenizer(model_dir: Path):
 
 
 def load_model(path: str | Path, device: str = "auto", dtype: str = "auto"):
-    """(model in eval mode, tokenizer, model directory) for a model directory or a training run."""
+    """(model in eval mode, tokenizer, model directory) for a model directory or a training run; the directory is
+    checked first (lmlab.model_files), and a tokenizer with more ids than the model's vocabulary is refused."""
     from transformers import AutoModelForCausalLM
 
     import lmlab  # noqa: F401  (registers lmlab models with the Auto classes)
 
     model_dir = resolve_model_dir(path)
     torch_device = pick_device(device)
+    check_model_dir(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(dtype, torch_device))
-    return model.to(torch_device).eval(), load_tokenizer(model_dir), model_dir
+    if len(tokenizer) > model.config.vocab_size:
+        raise TokenizerError(f"the tokenizer in {model_dir} has {len(tokenizer):,} ids but the model's vocabulary is "
+                             f"{model.config.vocab_size:,}: the tokenizer files belong to another model; put back "
+                             "the ones saved with it")
+    return model.to(torch_device).eval(), tokenizer, model_dir
 
 
 def quiet_progress_bars() -> None:

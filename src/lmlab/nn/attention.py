@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.cache import KVCache, SlidingKVCache
+from lmlab.errors import ConfigError, MissingDependencyError
 from lmlab.nn.component import Component
 from lmlab.nn.context import ForwardContext
 from lmlab.nn.init import linear
@@ -73,10 +74,11 @@ def _flash(q, k, v, scale, window, dropout_p):
     try:
         from flash_attn import flash_attn_func
     except ImportError as err:
-        raise RuntimeError("attn_implementation='flash_attention_2' needs the flash-attn package "
-                           "(pip install flash-attn) and a CUDA GPU; use 'sdpa' otherwise") from err
+        raise MissingDependencyError("attn_implementation='flash_attention_2' needs the flash-attn package "
+                                     "(pip install flash-attn) and a CUDA GPU; use 'sdpa' otherwise") from err
     if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
-        raise RuntimeError("flash_attention_2 runs on CUDA in fp16/bf16 only; use 'sdpa' on this device/dtype")
+        raise MissingDependencyError("flash_attention_2 runs on CUDA in fp16/bf16 only; use 'sdpa' on this "
+                                     "device/dtype")
     # flash-attn is (B, T, H, d) and aligns the causal mask bottom-right (right for decoding with a cache)
     out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,
                           softmax_scale=scale, causal=True, window_size=(-1 if window is None else window, 0))
@@ -111,8 +113,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         raise ValueError(f"unknown attn_implementation {backend!r}; choose one of {BACKENDS}")
     if backend == "flash_attention_2":
         if key_padding is not None:
-            raise RuntimeError("flash_attention_2 with a padding mask is not supported here; use 'sdpa' for "
-                               "padded batches")
+            raise ConfigError("flash_attention_2 with a padding mask is not supported here; use 'sdpa' for "
+                              "padded batches")
         return _flash(q, k, v, scale, window, dropout_p)
     t, s = q.shape[2], k.shape[2]
     keys_end_with_queries = k_start + s == q_start + t

@@ -29,13 +29,13 @@ def steps_for_tokens(tokens: int, batch_size: int, seq_len: int) -> int:
 
 def resolve_steps(config, parameters: int, log) -> int:
     """A run's budget in optimizer steps (TrainConfig: steps, else tokens, else a Chinchilla multiple, default 1×)."""
-    if config.steps:
+    if config.steps is not None:
         return config.steps
-    if config.tokens:
+    if config.tokens is not None:
         tokens = config.tokens
         source = f"{tokens:,} tokens"
     else:
-        multiple = config.chinchilla or 1.0
+        multiple = 1.0 if config.chinchilla is None else config.chinchilla
         tokens = chinchilla_tokens(parameters, CHINCHILLA_TOKENS_PER_PARAMETER * multiple)
         source = (f"Chinchilla {multiple:g}× ({CHINCHILLA_TOKENS_PER_PARAMETER:g} tokens per parameter × "
                   f"{parameters:,} parameters = {tokens:,})")

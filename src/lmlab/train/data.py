@@ -28,14 +28,15 @@ class Data:
 
 def prepare_data(config, env: dist_utils.Environment, log, tokenizer_spec: str | None = None) -> Data:
     """Tokenizer (`tokenizer_spec`, default config.tokenizer) and token cache (built by the main process, then read
-    by every process) of a run's TrainConfig."""
+    by every process) of a run's TrainConfig; progress bars for the slow steps with `config.progress`."""
     corpus = open_corpus(config.data, config.text_field, config.hf_split, config.max_documents)
     cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
     def load():
         tokenizer = load_tokenizer(tokenizer_spec or config.tokenizer, documents=corpus.documents(),
-                                   cache_dir=cache_dir, corpus_fingerprint=corpus.fingerprint())
-        return tokenizer, build_token_file(corpus, tokenizer, cache_dir, config.tokenizer)
+                                   cache_dir=cache_dir, corpus_fingerprint=corpus.fingerprint(),
+                                   progress=config.progress)
+        return tokenizer, build_token_file(corpus, tokenizer, cache_dir, config.tokenizer, config.progress)
 
     if env.is_main:
         tokenizer, token_file = load()

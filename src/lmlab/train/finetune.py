@@ -31,7 +31,7 @@ from lmlab.overrides import apply_overrides
 from lmlab.presets import get_preset
 from lmlab.run_layout import BASE_DIR, MODEL_CONFIG, TEMPORARY_PREFIX, resolve_model_dir
 from lmlab.train import distributed as dist_utils
-from lmlab.train.config import RECIPE_KEYS, TrainConfig, apply_options
+from lmlab.train.config import BUDGET_KEYS, RECIPE_KEYS, TrainConfig, apply_options, check_seq_len
 from lmlab.train.lora import (
     LoraSettings,
     adapter_parameter_count,
@@ -170,11 +170,12 @@ def finetune_config(base: str, lora: dict | None, options: dict) -> TrainConfig:
     the preset is known; not its tokenizer or budget), the base, the LoRA settings, the tokenizer (the base's own,
     else `options["tokenizer"]`, else the recipe's), then the training `options` (a budget is required)."""
     options = dict(options)
-    if not (options.get("steps") or options.get("tokens") or options.get("chinchilla")):
+    if all(options.get(key) is None for key in BUDGET_KEYS):
         raise ValueError("a fine-tune needs a budget: --steps N or --tokens N (or --chinchilla X)")
     tokenizer = options.pop("tokenizer", None)
     model_dir = resolve_model_dir(base).resolve()
-    preset = LMLabConfig.from_pretrained(model_dir).preset
+    base_config = LMLabConfig.from_pretrained(model_dir)
+    preset = base_config.preset
     try:
         recipe = get_preset(preset).recipe if preset else {}
     except UnknownNameError:
@@ -191,7 +192,9 @@ def finetune_config(base: str, lora: dict | None, options: dict) -> TrainConfig:
     else:
         raise ValueError(f"the base {model_dir} holds no tokenizer files; pass --tokenizer (the one the base was "
                          "trained with, e.g. bytes)")
-    return apply_options(values, options)
+    config = apply_options(values, options)
+    check_seq_len(config.seq_len, base_config)
+    return config
 
 
 def default_run_dir(base: str, lora: dict | None) -> str:

@@ -22,11 +22,13 @@ from lmlab.data.tokenizers import save_tokenizer
 from lmlab.errors import TrainingDiverged
 from lmlab.hf_compat import enable_activation_checkpointing
 from lmlab.model import count_parameters
+from lmlab.model_files import check_model_dir
 from lmlab.run_layout import CHECKPOINTS, SAMPLES_FILE, TRAIN_CONFIG
 from lmlab.train import distributed as dist_utils
 from lmlab.train.budget import resolve_steps
 from lmlab.train.checkpoint import (
     check_compatible,
+    checkpoint_config,
     latest_checkpoint,
     load_trainer_state,
     remove_leftovers,
@@ -36,12 +38,16 @@ from lmlab.train.checkpoint import (
 )
 from lmlab.train.config import TrainConfig
 from lmlab.train.data import prepare_data
+from lmlab.train.divergence import diverged_message
+from lmlab.train.extension import continued_schedule_steps, run_schedule
 from lmlab.train.metrics import MetricsLogger
 from lmlab.train.model_source import ModelSource
 from lmlab.train.progress import Progress, sample_prompt, sample_text
-from lmlab.train.schedules import build_schedule
 from lmlab.train.step import resolve_precision, step_parts, train_step
 from lmlab.train.validation import Validator
+
+# how a resume names the data fingerprint (lmlab.data.token_cache.cache_key) when it differs
+DATA_KEY = "data (corpus files, sizes and modification times, and tokenizer)"
 
 
 @dataclass
@@ -73,22 +79,24 @@ def run_training(config: TrainConfig, source: ModelSource, run_dir: str | Path, 
 def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool, env: dist_utils.Environment,
            log) -> TrainResult:
     checkpoint = _checkpoint_to_resume(run_dir, resume)
+    state = saved = None
     if checkpoint is None:
         source.start(run_dir, env, log)
+    else:
+        state = load_trainer_state(checkpoint)
+        saved = TrainConfig.from_dict(checkpoint_config(checkpoint))
     data = prepare_data(config, env, log, tokenizer_spec=source.tokenizer_spec(run_dir))
     model = source.build(data.tokenizer, run_dir, checkpoint, log)
     config.precision, why = resolve_precision(config.precision, env.device, getattr(model.config, "hidden_size", None))
     log(f"precision: {config.precision} ({why}); {torch.get_num_threads()} torch thread(s)")
     tokenizer = data.tokenizer
     parameters = count_parameters(model)
-    if not config.steps:
+    if config.steps is None:
         config.steps = resolve_steps(config, parameters, log)
-    state = None
     if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
-        saved = TrainConfig.from_dict(json.loads((checkpoint / TRAIN_CONFIG).read_text()))
-        check_compatible({"config": saved.trajectory(), "data": state["data_key"]},
-                         {"config": config.trajectory(), "data": data.cache_key}, checkpoint)
+        check_compatible({"config": saved.trajectory(), DATA_KEY: state["data_key"]},
+                         {"config": config.trajectory(), DATA_KEY: data.cache_key}, checkpoint)
+        config.schedule_steps = continued_schedule_steps(saved, config, state["step"], checkpoint, log)
         log(f"resuming from {checkpoint} (step {state['step']})")
     log(f"model: {config.preset}, {parameters:,} parameters; {config.steps:,} steps × {config.tokens_per_step:,} "
         f"tokens; {env.world_size} process(es) on {env.device.type}")
@@ -98,7 +106,7 @@ def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool
     model.to(env.device)
     raw_model = model
     model = dist_utils.wrap(model, env, config.distributed)
-    schedule = build_schedule(config.schedule, config.peak_lr, config.steps)
+    schedule = run_schedule(config)
     if schedule.warmup_steps > config.steps:
         log(f"warning: warmup ({schedule.warmup_steps} steps) is longer than the run ({config.steps} steps); "
             f"the learning rate ends at {schedule(config.steps - 1):.3g}, below the peak {config.peak_lr:.3g}")
@@ -169,11 +177,7 @@ def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool
                                    "(compiling included)")
                     compiling = False
             except TrainingDiverged as err:
-                last = latest_checkpoint(run_dir)
-                raise TrainingDiverged(
-                    f"{err} at step {step + 1}; stopping. The last good checkpoint is "
-                    f"{last if last else 'none (no checkpoint was written yet)'}. Lower the learning rate, "
-                    "enable --grad-clip, or use bf16 instead of fp16, then resume or restart") from None
+                raise TrainingDiverged(diverged_message(str(err), step + 1, run_dir)) from None
             samples_seen += micro * accum * world
             step += 1
             window_tokens += config.tokens_per_step
@@ -215,6 +219,7 @@ def _train(config: TrainConfig, source: ModelSource, run_dir: Path, resume: bool
 
 
 def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint a run resumes from (complete, its weights fitting its config), None for a new run."""
     remove_leftovers(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if resume and checkpoint is None:
@@ -223,6 +228,8 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
     if not resume and checkpoint is not None:
         raise ValueError(f"{run_dir} already holds a training run (latest {checkpoint.name}); pass --resume "
                               "to continue it, or choose another --out")
+    if checkpoint is not None:
+        check_model_dir(checkpoint)
     return checkpoint
 
 

@@ -48,6 +48,7 @@ from torch import nn
 
 from lmlab.config import LMLabConfig
 from lmlab.model import LMLabForCausalLM
+from lmlab.model_files import check_model_dir, weight_files
 from lmlab.remote_code import write_remote_code
 from lmlab.run_layout import (
     ADAPTER_CONFIG,
@@ -194,12 +195,6 @@ def has_adapters(model_dir: str | Path) -> bool:
     return (Path(model_dir) / ADAPTER_CONFIG).is_file()
 
 
-def weight_files(model_dir: Path) -> list[Path]:
-    """The model weights of a model directory: safetensors files and their shard index (never the adapters)."""
-    return sorted(p for p in model_dir.iterdir()
-                  if p.name != ADAPTER_WEIGHTS and p.name.endswith((".safetensors", ".safetensors.index.json")))
-
-
 def save_lora_checkpoint(model: PeftModel, folder: str | Path, base_dir: str | Path) -> Path:
     """Write an adapter checkpoint into `folder`: the adapters, the base's config.json, and relative links to the
     base's weight files in `base_dir` (a plain model directory), so the folder loads as base + adapters."""
@@ -223,6 +218,7 @@ def load_base_weights(model_dir: str | Path) -> LMLabForCausalLM:
     from lmlab.convert import load_exactly
 
     model_dir = Path(model_dir)
+    check_model_dir(model_dir)
     if not has_adapters(model_dir):
         return LMLabForCausalLM.from_pretrained(model_dir).eval()
     model = LMLabForCausalLM(LMLabConfig.from_pretrained(model_dir))
@@ -230,9 +226,6 @@ def load_base_weights(model_dir: str | Path) -> LMLabForCausalLM:
     for path in weight_files(model_dir):
         if path.suffix == ".safetensors":
             state.update(load_file(str(path)))
-    if not state:
-        raise FileNotFoundError(f"{model_dir} holds adapters but no base weights (model*.safetensors); its links to "
-                                "the base are broken — copy the whole training run, not one checkpoint")
     load_exactly(model, state, source=str(model_dir))
     return model.eval()
 
@@ -246,4 +239,4 @@ def load_merged(path: str | Path) -> LMLabForCausalLM:
 
 __all__ = ["ADAPTER_DIR", "LoraSettings", "adapter_parameter_count", "apply_lora", "default_targets", "has_adapters",
            "load_base_weights", "load_lora", "load_merged", "lora_config", "merge_lora", "mixer_projections",
-           "resolve_adapter_dir", "save_lora", "save_lora_checkpoint", "trainable_parameters", "weight_files"]
+           "resolve_adapter_dir", "save_lora", "save_lora_checkpoint", "trainable_parameters"]

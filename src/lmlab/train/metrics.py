@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from lmlab.errors import MissingDependencyError
 from lmlab.run_layout import METRICS_FILE, TENSORBOARD_DIR
 
 
@@ -41,7 +42,8 @@ class MetricsLogger:
             try:
                 import wandb as wandb_module
             except ImportError:
-                raise RuntimeError("--wandb needs the wandb package: pip install wandb (or lmlab[wandb])") from None
+                raise MissingDependencyError("--wandb needs the wandb package: pip install wandb (or "
+                                             "lmlab[wandb])") from None
             self._wandb = wandb_module.init(project="lmlab", config=run_config, resume="allow",
                                             dir=str(run_dir), name=Path(run_dir).name)
 

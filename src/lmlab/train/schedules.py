@@ -10,7 +10,8 @@ simply never reaches the peak, as published):
     warm_start_cosine   t < W: η₀ + (η − η₀)·t/W; else as cosine (NeoLLM: 3e-4 → 6e-4 over 5000, cosine to 6e-5)
 
 The cosine form is optax's `warmup_cosine_decay_schedule` (yatgpt: 0 → peak over 500, cosine to 5% at N).
-The recipe gives the floor as `min_lr` (absolute) or `min_lr_ratio` (of the peak).
+The recipe gives the floor as `min_lr` (absolute) or `min_lr_ratio` (of the peak). After step N the learning rate
+holds its value at N (an extended run that keeps its schedule: lmlab.train.extension).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Schedule:
 
     def __call__(self, step: int) -> float:
         peak, floor, warmup, total = self.peak_lr, self.min_lr, self.warmup_steps, self.total_steps
+        step = min(step, total)
         if step < warmup:
             start = self.start_lr if self.name == "warm_start_cosine" else 0.0
             return start + (peak - start) * step / warmup
