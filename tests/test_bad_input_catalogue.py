@@ -233,17 +233,21 @@ def full_disk_at_step_4(patch, scratch: Path) -> None:
 
 
 def diverging_loss(patch, scratch: Path) -> None:
-    """Step 4's loss is huge (a checkpoint is written at it), step 5's NaN."""
+    """Step 4's loss is huge (a checkpoint is written at it), step 5's NaN (whichever loss path the model takes: the
+    materialised logits' or the chunked one the trainer asks for)."""
     import lmlab.model
 
-    real, calls = lmlab.model.shifted_cross_entropy, {"n": 0}
+    calls = {"n": 0}
 
-    def loss(logits, labels):
-        calls["n"] += 1
-        value = real(logits, labels)
-        return value * 1e9 if calls["n"] == 4 else value * float("nan") if calls["n"] == 5 else value
+    def diverging(real):
+        def loss(*args, **kwargs):
+            calls["n"] += 1
+            value = real(*args, **kwargs)
+            return value * 1e9 if calls["n"] == 4 else value * float("nan") if calls["n"] == 5 else value
+        return loss
 
-    patch.setattr(lmlab.model, "shifted_cross_entropy", loss)
+    for name in ("shifted_cross_entropy", "shifted_linear_cross_entropy"):
+        patch.setattr(lmlab.model, name, diverging(getattr(lmlab.model, name)))
 
 
 # ---------------------------------------------------------------- checks afterwards

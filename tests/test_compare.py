@@ -289,8 +289,9 @@ def test_each_recorded_command_reproduces_its_run(compared):
         assert config.to_dict() == run.config({"cache_dir": str(compared["cache"]), "progress": False}).to_dict()
         saved = json.loads((resolve_model_dir(out / run.run_dir) / "train_config.json").read_text())
         # the trainer resolves tokens into steps and auto into the precision it trained in
+        width = json.loads((resolve_model_dir(out / run.run_dir) / "config.json").read_text())["hidden_size"]
         expected = {**config.trajectory(), "steps": plan.facts[run.variant]["steps"],
-                    "precision": resolve_precision(config.precision, torch.device("cpu"))[0]}
+                    "precision": resolve_precision(config.precision, torch.device("cpu"), width)[0]}
         assert {k: v for k, v in saved.items() if k in expected} == expected
 
 
