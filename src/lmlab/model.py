@@ -74,7 +74,7 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
         raise ValueError("input_ids is empty: give at least one token")
     if input_ids.is_meta:  # shape-only runs (FLOP counting) have no values to check
         return
-    low, high = int(input_ids.min()), int(input_ids.max())
+    low, high = (int(v) for v in torch.aminmax(input_ids))
     if low < 0 or high >= vocab_size:
         bad = high if high >= vocab_size else low
         raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size}); the tokenizer and the model "
@@ -196,7 +196,9 @@ class LMLabModel(LMLabPreTrainedModel):
         ctx = ForwardContext(position_ids=position_ids, rotation=self.position(position_ids),
                              key_padding_mask=key_padding, cache=cache, past_length=past_length,
                              input_ids=input_ids)
-        x = self.embedding_dropout(self.embedding_stage(inputs_embeds, ctx))
+        x = self.embedding_stage(inputs_embeds, ctx)
+        if self.training and self.embedding_dropout.p > 0:  # a module call per step saved when decoding
+            x = self.embedding_dropout(x)
         hidden_states = [] if output_hidden_states else None
         x = self.residual_stream(x, self.layers, ctx, hidden_states)
         if self.norm is not None:

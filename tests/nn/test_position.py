@@ -149,12 +149,19 @@ def test_rotated_scores_depend_only_on_relative_position():
     assert score(40, 7) != pytest.approx(score(40, 8), abs=1e-2)
 
 
-def test_rotation_runs_in_the_activation_dtype():
-    """fp32 activations rotate exactly as x·cos + rotate_half(x)·sin with the fp32 tables; bf16 ones in bf16 with
-    the tables cast once (GPT-NeoX's way), close to the fp32 rotation."""
-    from lmlab.nn.position import rotate_half
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(a, b) -> (−b, a) on the last dim: the formula's rotate_half, written out."""
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
 
-    config = preset_config("ngen4-tiny", rope_pct=0.5)
+
+@pytest.mark.parametrize("options", [dict(rope_pct=0.5), dict(), dict(rope_sign=-1, rope_scaling={"type": "yarn",
+                                                                                                     "factor": 4.0})])
+def test_rotation_runs_in_the_activation_dtype(options):
+    """fp32 activations rotate exactly (bit for bit) as x·cos + rotate_half(x)·sin with the fp32 tables, partial or
+    full rotation, either sign, scaled tables; bf16 ones in bf16 with the tables cast once (GPT-NeoX's way), close
+    to the fp32 rotation."""
+    config = preset_config("ngen4-tiny", **options)
     rope = RotaryEmbedding(config)
     rotation = rope(torch.arange(7)[None])
     x = torch.randn(1, 4, 7, config.head_dim)

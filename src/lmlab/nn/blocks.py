@@ -55,8 +55,12 @@ class Block(GradientCheckpointingLayer):
         """The mixer's input: FAN(h) when the layer has one."""
         return h if self.fan is None else self.fan(h)
 
+    def drop(self, h: torch.Tensor) -> torch.Tensor:
+        """Residual dropout; skipped outright where it is the identity (eval mode or p = 0: every decoding step)."""
+        return self.dropout(h) if self.training and self.dropout.p > 0 else h
+
     def residual(self, x: torch.Tensor, update: torch.Tensor, sublayer: int) -> torch.Tensor:
-        x = x + self.dropout(update)
+        x = x + self.drop(update)
         return x if self.gpas is None else self.gpas(x, sublayer)
 
 
@@ -106,7 +110,7 @@ class ParallelBlock(Block):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         u = self.scaled(self.norm(x))
-        return self.residual(x + self.dropout(self.mixer(self.into_mixer(u), ctx)), self.mlp(u), 0)
+        return self.residual(x + self.drop(self.mixer(self.into_mixer(u), ctx)), self.mlp(u), 0)
 
 
 def one_residual_add(config, layer_idx) -> str | None:

@@ -36,6 +36,9 @@ class LayerNorm(Component):
             init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32 and (self.bias is None or self.bias.dtype == x.dtype):
+            # fp32 already: no casts to dispatch (a decoding step normalises a few rows, so they cost)
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
         bias = None if self.bias is None else self.bias.float()
         y = F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), bias, self.eps)
         return y.to(x.dtype)

@@ -26,15 +26,14 @@ from lmlab.registry import MIXERS, POSITIONS, Option, one_of
 from lmlab.rope_scaling import rope_inv_freq, rope_scaling_rule
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
-
-
 class Rotation:
     """Rotary tables for one forward: cos and sin of shape (B, 1, T, r), computed in fp32 and cast to the
     activations' dtype (once per dtype), in which the rotation runs (as GPT-NeoX does; fp32 activations rotate in
-    fp32 exactly as before)."""
+    fp32 exactly as before).
+
+    rotate_half(x) ⊙ sin is computed as roll(x, r/2) ⊙ (−sin₁ | sin₂) with the sign folded into the cast table:
+    (−b)·s₁ and b·(−s₁) are the same number, so the result is bit for bit the formula's, in 4 ops instead of 7
+    (a decoding step rotates q and k in every layer)."""
 
     def __init__(self, cos: torch.Tensor, sin: torch.Tensor):
         self.cos = cos
@@ -42,15 +41,17 @@ class Rotation:
         self._cast: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and the signed sin (−sin₁ | sin₂) in `dtype`."""
         if dtype not in self._cast:
-            self._cast[dtype] = (self.cos.to(dtype), self.sin.to(dtype))
+            first, second = self.sin.chunk(2, dim=-1)
+            self._cast[dtype] = (self.cos.to(dtype), torch.cat((-first, second), dim=-1).to(dtype))
         return self._cast[dtype]
 
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         r = self.cos.shape[-1]
-        cos, sin = self._tables(x.dtype)
-        x_rot = x[..., :r]
-        rotated = x_rot * cos + rotate_half(x_rot) * sin
+        cos, signed_sin = self._tables(x.dtype)
+        x_rot = x if r == x.shape[-1] else x[..., :r]
+        rotated = x_rot * cos + x_rot.roll(r // 2, dims=-1) * signed_sin
         if r == x.shape[-1]:
             return rotated
         return torch.cat((rotated, x[..., r:]), dim=-1)
@@ -100,7 +101,10 @@ class RotaryEmbedding(PositionEncoding):
             inv_freq = self._inv_freq(int(position_ids.max()) + 1).to(inv_freq.device)
         angles = position_ids[:, None, :, None].float() * inv_freq.float()  # (B, 1, T, r/2)
         angles = torch.cat((angles, angles), dim=-1)
-        return Rotation(angles.cos() * self.attention_factor, angles.sin() * (self.sign * self.attention_factor))
+        cos, sin = angles.cos(), angles.sin()
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return Rotation(cos, sin if self.sign == 1 else -sin)
 
 
 class NoPosition(PositionEncoding):
