@@ -28,7 +28,21 @@ All measurements run in one process on the same model; the fast ones are interle
 counts (timings on a shared machine are noisy: other processes only ever slow a run down; read the ratios).
 Prints one JSON document (and one line per preset on stderr as it goes).
 
+`--targets` (and `rows(quick)` for benchmarks/run_all.py) measures the decoding targets instead, greedy, fp32,
+128-token prompt, end-of-sequence ignored, one table row each:
+
+- eager / compiled engine over HF `generate()` at batch 1 and 8, 64 new tokens, on ngen4 (quick: ngen4-tiny at the
+  `small` size; full: ngen4-50m), against (a) `hf_twin`, transformers' GPT-NeoX of the same shape and wiring
+  (sequential residual, full rotary, gelu_new, LayerNorm, tied head; random weights) running its own generate(),
+  and (b) generate() on the lmlab model itself (through LMLabCache) — targets 1.5× eager, 2.5× compiled;
+- compile seconds of a tiny model (ngen4-tiny as it is, batch 1), in a child process with an empty inductor cache
+  (cold: what the first use on a machine pays, C++ kernels built) and again with that cache filled (warm: a later
+  process), wall and CPU seconds including the compiler's processes — target ≤ 30 s;
+- N4 (n4-tiny at the `small` size) cached engine, eager and compiled, over `generate_n4c` at 256 new tokens,
+  batch 1 — target ≥ 20×.
+
     PYTHONPATH=src python benchmarks/generate.py [--size small|tiny] [--presets n4-tiny,ngen4-tiny] [--threads 1]
+    PYTHONPATH=src python benchmarks/generate.py --targets [--quick] [--threads 1]
 """
 
 from __future__ import annotations
@@ -36,15 +50,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
+from common import best_of, machine, machine_line, print_table, row
 
 from lmlab import LMLabForCausalLM, list_presets, preset_config
 from lmlab.generation.engine import generate_tokens
 from lmlab.generation.sampling import SamplingOptions
+from lmlab.hardware import keep_freed_memory, set_threads
 
 
 def generate_n4c(model, input_ids: torch.Tensor, max_new_tokens: int = 512, temperature: float = 0.7,
@@ -169,6 +188,159 @@ def bench_preset(name: str, size: str, batches: list[int], prompt_tokens: int, n
     return result
 
 
+# ---- the decoding targets (`--targets`, `rows(quick)`)
+
+TARGETS = {"eager": 1.5, "compiled": 2.5, "compile_s": 30.0, "generate_n4c": 20.0}
+PROMPT_TOKENS, NEW_TOKENS, N4_NEW_TOKENS = 128, 64, 256
+
+
+def hf_twin(config):
+    """transformers' GPT-NeoX with an ngen4 config's shape and wiring, random weights, no end-of-sequence token."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    wiring = (config.mixer, config.position, config.block, config.mlp, config.norm, config.rope_pct)
+    if wiring != ("attention", "rope", "prenorm", "gelu_new", "layernorm", 1.0) or \
+            config.num_key_value_heads != config.num_attention_heads:
+        raise ValueError(f"hf_twin builds GPT-NeoX twins of ngen4-shaped models; got {wiring}")
+    twin = GPTNeoXConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+                         intermediate_size=config.intermediate_size, hidden_act="gelu_new", rotary_pct=1.0,
+                         rope_theta=config.rope_theta, max_position_embeddings=config.max_position_embeddings,
+                         layer_norm_eps=config.norm_eps, use_parallel_residual=False,
+                         tie_word_embeddings=config.tie_word_embeddings, attention_dropout=0.0, hidden_dropout=0.0,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    twin._attn_implementation = "sdpa"
+    torch.manual_seed(1)
+    return GPTNeoXForCausalLM(twin).eval()
+
+
+def hf_generate(model, prompt: torch.Tensor, new_tokens: int) -> None:
+    with torch.inference_mode():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                             max_new_tokens=new_tokens, pad_token_id=0, use_cache=True)
+    assert out.shape[1] == prompt.shape[1] + new_tokens
+
+
+def engine_run(model, rows: list[list[int]], new_tokens: int, compile: bool = False) -> None:
+    greedy = SamplingOptions(max_new_tokens=new_tokens, temperature=0.0, stop_token_ids=())
+    assert all(len(c.token_ids) == new_tokens for c in generate_tokens(model, rows, greedy, compile=compile))
+
+
+def against_hf(quick: bool, rounds: int) -> dict:
+    """Best wall and CPU seconds of each method at batch 1 and 8 (compiled after an untimed compiling run)."""
+    name, size = ("ngen4-tiny", "small") if quick else ("ngen4-50m", "tiny")  # "tiny": the preset's own size
+    torch.manual_seed(0)
+    config = benchmark_config(name, size, PROMPT_TOKENS + NEW_TOKENS)
+    model, twin = LMLabForCausalLM(config).eval(), hf_twin(config)
+    result = {"model": name + (" (small)" if quick else ""), "parameters": sum(p.numel() for p in model.parameters()),
+              "twin_parameters": sum(p.numel() for p in twin.parameters())}
+    for batch in (1, 8):
+        result[f"b{batch}"] = batch_times(model, twin, torch.randint(0, config.vocab_size, (batch, PROMPT_TOKENS)),
+                                          rounds)
+    return result
+
+
+def batch_times(model, twin, prompt: torch.Tensor, rounds: int) -> dict:
+    rows = prompt.tolist()
+    start = time.perf_counter()
+    engine_run(model, rows, NEW_TOKENS, compile=True)
+    first_compiled_s = time.perf_counter() - start
+    return {**best_of(rounds, {"eager": lambda: engine_run(model, rows, NEW_TOKENS),
+                               "compiled": lambda: engine_run(model, rows, NEW_TOKENS, compile=True),
+                               "hf_on_lmlab": lambda: hf_generate(model, prompt, NEW_TOKENS),
+                               "hf_twin": lambda: hf_generate(twin, prompt, NEW_TOKENS)}),
+            "first_compiled_s": first_compiled_s}
+
+
+COMPILE_CHILD = """
+import resource, sys, time, torch
+from lmlab import LMLabForCausalLM, preset_config
+from lmlab.generation.engine import generate_tokens
+from lmlab.generation.sampling import SamplingOptions
+torch.set_num_threads(int(sys.argv[1]))
+torch.manual_seed(0)
+model = LMLabForCausalLM(preset_config("ngen4-tiny", eos_token_id=None)).eval()
+rows = torch.randint(0, model.config.vocab_size, (1, 128)).tolist()
+greedy = SamplingOptions(max_new_tokens=64, temperature=0.0, stop_token_ids=())
+def cpu():
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+seconds = []
+for _ in range(2):
+    wall, used = time.perf_counter(), cpu()
+    generate_tokens(model, rows, greedy, compile=True)
+    seconds.append((time.perf_counter() - wall, cpu() - used))
+print(seconds[0][0] - seconds[1][0], seconds[0][1] - seconds[1][1])
+"""
+
+
+def compile_seconds() -> dict:
+    """Wall and CPU seconds the first compiled generation of ngen4-tiny takes beyond the second, in a child process
+    with an empty inductor cache (cold), then in another with that cache (warm)."""
+    result = {}
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": folder}
+        for state in ("cold", "warm"):
+            load = os.getloadavg()[0]
+            out = subprocess.run([sys.executable, "-c", COMPILE_CHILD, str(torch.get_num_threads())], env=env,
+                                 capture_output=True, text=True, check=True).stdout.split()
+            result[state] = {"wall_s": float(out[-2]), "cpu_s": float(out[-1]), "load_average": load}
+    return result
+
+
+def against_n4c(rounds: int) -> dict:
+    """n4-tiny at the small size, batch 1, N4_NEW_TOKENS: the cached engine and generate_n4c, interleaved."""
+    torch.manual_seed(0)
+    config = benchmark_config("n4-tiny", "small", PROMPT_TOKENS + N4_NEW_TOKENS)
+    model = LMLabForCausalLM(config).eval()
+    prompt = torch.randint(0, config.vocab_size, (1, PROMPT_TOKENS))
+
+    def n4c():
+        assert len(list(generate_n4c(model, prompt, N4_NEW_TOKENS, eos_token_id=None))) == N4_NEW_TOKENS
+
+    rows = prompt.tolist()
+    engine_run(model, rows, N4_NEW_TOKENS, compile=True)  # compiles
+    return best_of(rounds, {"eager": lambda: engine_run(model, rows, N4_NEW_TOKENS),
+                            "compiled": lambda: engine_run(model, rows, N4_NEW_TOKENS, compile=True),
+                            "generate_n4c": n4c})
+
+
+def measure_targets(quick: bool, rounds: int) -> dict:
+    keep_freed_memory()
+    return {"machine": machine(), "quick": quick, "compile": compile_seconds(),
+            "against_hf": against_hf(quick, rounds), "against_n4c": against_n4c(max(2, rounds - 1))}
+
+
+def target_rows(measured: dict) -> list[dict]:
+    hf = measured["against_hf"]
+    rows = []
+    for engine in ("eager", "compiled"):
+        for batch in (1, 8):
+            best = {name: times["wall_s"] for name, times in hf[f"b{batch}"].items() if name != "first_compiled_s"}
+            for baseline, what in (("hf_twin", "HF GPT-NeoX twin generate()"),
+                                   ("hf_on_lmlab", "HF generate() on the lmlab model")):
+                rows.append(row(f"decode {engine} vs {what}, b{batch}", best[baseline] / best[engine],
+                                TARGETS[engine], f"{hf['model']}, {NEW_TOKENS} new tokens, {engine} "
+                                                 f"{best[engine] / NEW_TOKENS * 1e3:.2f} ms/token"))
+    for state, times in measured["compile"].items():
+        rows.append(row(f"compile ngen4-tiny, {state} inductor cache (30 s / wall s)",
+                        TARGETS["compile_s"] / times["wall_s"], 1.0,
+                        f"{times['wall_s']:.1f} s wall, {times['cpu_s']:.1f} s CPU with the compiler's processes, "
+                        f"load {times['load_average']:.1f}"))
+    n4 = measured["against_n4c"]
+    for engine in ("eager", "compiled"):
+        rows.append(row(f"N4 {engine} engine vs generate_n4c, {N4_NEW_TOKENS} new tokens",
+                        n4["generate_n4c"]["wall_s"] / n4[engine]["wall_s"], TARGETS["generate_n4c"],
+                        f"n4-tiny (small), batch 1, {engine} {n4[engine]['wall_s'] / N4_NEW_TOKENS * 1e3:.2f} "
+                        "ms/token"))
+    return rows
+
+
+def rows(quick: bool) -> list[dict]:
+    """run_all.py's interface."""
+    return target_rows(measure_targets(quick, rounds=3 if quick else 4))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", help="comma-separated presets (default: every -tiny preset)")
@@ -179,7 +351,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of the fast methods; the best counts")
     parser.add_argument("--skip-recompute", action="store_true", help="skip the slow full-recomputation baseline")
+    parser.add_argument("--targets", action="store_true", help="measure the decoding targets (see above) instead")
+    parser.add_argument("--quick", action="store_true", help="with --targets: ngen4-tiny (small) for ngen4-50m")
     args = parser.parse_args()
+    if args.targets:
+        set_threads(args.threads)
+        measured = measure_targets(args.quick, args.rounds)
+        print(json.dumps(measured, indent=1))
+        print(machine_line(measured["machine"]), file=sys.stderr)
+        print_table(target_rows(measured), file=sys.stderr)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     presets = args.presets.split(",") if args.presets else [p.name for p in list_presets() if p.name.endswith("-tiny")]
