@@ -7,7 +7,7 @@ Sections (`--sections`, default all):
            commit's (`--baseline`, loaded from git), fp32 and under bf16 autocast; best-of-rounds time, bytes saved
            for the backward, and peak-RSS growth of one forward + backward in a fresh process. Decays as the layer
            makes them at initialisation (A ~ U(0, 16)).
-  model    one training step (forward, backward, AdamW step) of neollm-110m (preset as published: dropout on,
+  model    one training step (forward, backward, AdamW step) of neollm-110m (preset as published but dropout off,
            chunked loss) against Qwen3NextForCausalLM (transformers, pure-torch path on a CPU) with the same sizes
            (d 512, 12 layers with full attention at 4, 8, 12, 8 heads / 2 KV heads of 64, linear attention 8 key /
            16 value heads of 32, dense MLP 1024, vocabulary 151,665, tied), both with the AdamW this tree builds;
@@ -16,12 +16,13 @@ Sections (`--sections`, default all):
   optim    one optimizer step over neollm-110m's parameters: AdamW as torch's per-parameter loop (torch's CPU
            default), foreach and fused (what build_optimizers picks here); AdEMAMix (the NeoLLM recipe) of the
            baseline commit and of this tree.
-  memory   peak RSS of neollm-110m training at --memory-batch × --seq-len in bf16 (two steps; fresh process per
-           variant).
+  memory   peak RSS of neollm-110m training (preset as published) at --memory-batch × --seq-len in bf16 (two
+           steps; fresh process per variant; lmlab's with the malloc setting `lmlab train` uses).
   profile  torch.profiler's top operators (self CPU time) of one neollm-110m bf16 step with this tree's code.
 
 The machine is shared and noisy: compare ratios measured in the same run (rounds interleave the variants), not
-absolute times. CPU flags and the load average are printed with the results.
+absolute times. CPU flags and the load average are printed with the results. run_all.py takes the model comparison
+(lmlab and HF only) and lmlab's memory as rows (`rows`).
 
     PYTHONPATH=src python benchmarks/gdn_step.py [--sections memory kernel optim model profile] [--threads 2]
 """
@@ -32,37 +33,25 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import best_of, machine, row
 
 from lmlab import LMLabForCausalLM, preset_config
+from lmlab.hardware import keep_freed_memory, set_threads
 from lmlab.nn import gated_deltanet
 from lmlab.nn.delta_rule import chunk_gated_delta_rule
 from lmlab.train.optim import AdEMAMix, build_optimizers, parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = "neollm-110m"
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 ADAMW = {"name": "adamw", "lr": 6e-4, "weight_decay": 0.1}
-
-
-def cpu_flags() -> dict:
-    """The CPU model, the instruction-set flags that decide fp32 vs bf16 speed, and torch's CPU capability."""
-    info = {}
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    flags = set(info.get("flags", "").split())
-    return {"model": info.get("model name", platform.processor()), "flags": {f: f in flags for f in CPU_FLAGS},
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+BASELINE = "b0dc7cc"  # the commit before the perf-gdn work
 
 
 def git_module(rev: str, path: str) -> types.ModuleType:
@@ -77,23 +66,6 @@ def git_module(rev: str, path: str) -> types.ModuleType:
 def baseline_module(rev: str) -> types.ModuleType:
     """`lmlab.nn.delta_rule` as it was at `rev`."""
     return git_module(rev, "src/lmlab/nn/delta_rule.py")
-
-
-def timed(fn) -> tuple[float, float]:
-    """(wall, CPU) seconds of fn()."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def best_of(rounds: int, variants: dict) -> dict:
-    """Run every variant once per round, interleaved; the best wall and CPU time of each."""
-    best = {name: [float("inf"), float("inf")] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            wall, cpu = timed(fn)
-            best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
-    return {name: {"wall_s": round(w, 4), "cpu_s": round(c, 4)} for name, (w, c) in best.items()}
 
 
 def autocast(precision: str):
@@ -212,10 +184,15 @@ def baseline_kernel(baseline):
         gated_deltanet.gated_delta_rule = current
 
 
-def build_variant(name: str, baseline):
-    """(model, optimizer, context) of a variant."""
+NO_DROPOUT = dict(attention_dropout=0.0, residual_dropout=0.0)
+SPEED_TARGET, MEMORY_TARGET = 2.0, 6.0  # × HF Qwen3-Next's step; GiB peak RSS at B 8, T 512, bf16
+QUICK_SHAPE, FULL_SHAPE = (1, 256), (2, 512)  # (batch, sequence length) of run_all's step comparison
+
+
+def build_variant(name: str, baseline, dropout: bool = True):
+    """(model, optimizer, context) of a variant; `dropout=False`: lmlab's dropout off (Qwen3-Next has none)."""
     torch.manual_seed(0)
-    config = preset_config(PRESET)
+    config = preset_config(PRESET, **({} if dropout else NO_DROPOUT))
     if name == "hf_qwen3_next":
         model = hf_qwen3_next(config)
         return model, build_optimizers(model, ADAMW)[0], contextlib.nullcontext
@@ -235,9 +212,8 @@ def train_step(model, optimizer, context, batch, precision: str):
     optimizer.zero_grad(set_to_none=True)
 
 
-def model_section(args, baseline) -> list[dict]:
-    names = ("lmlab", "lmlab_baseline", "hf_qwen3_next")
-    built = {name: build_variant(name, baseline) for name in names}
+def model_section(args, baseline, names=("lmlab", "lmlab_baseline", "hf_qwen3_next")) -> list[dict]:
+    built = {name: build_variant(name, baseline, dropout=False) for name in names}
     for model, *_ in built.values():
         model.train()
     batch = torch.randint(0, preset_config(PRESET).vocab_size, (args.batch, args.seq_len),
@@ -252,14 +228,19 @@ def model_section(args, baseline) -> list[dict]:
         tokens = batch.numel()
         row = {"precision": precision, "batch": args.batch, "seq_len": args.seq_len,
                **{name: {**t, "tokens_per_s": round(tokens / t["wall_s"])} for name, t in times.items()},
-               "lmlab_speedup_vs_hf": round(times["hf_qwen3_next"]["wall_s"] / times["lmlab"]["wall_s"], 2),
-               "lmlab_speedup_vs_baseline": round(times["lmlab_baseline"]["wall_s"] / times["lmlab"]["wall_s"], 2)}
+               "lmlab_speedup_vs_hf": times["hf_qwen3_next"]["wall_s"] / times["lmlab"]["wall_s"],
+               "cpu_time_ratio_vs_hf": times["hf_qwen3_next"]["cpu_s"] / times["lmlab"]["cpu_s"]}
+        if "lmlab_baseline" in times:
+            row["lmlab_speedup_vs_baseline"] = times["lmlab_baseline"]["wall_s"] / times["lmlab"]["wall_s"]
         results.append(row)
-        print(f"model {precision}: {row['lmlab_speedup_vs_hf']}x vs HF", file=sys.stderr, flush=True)
+        print(f"model {precision}: {row['lmlab_speedup_vs_hf']:.2f}x vs HF", file=sys.stderr, flush=True)
     return results
 
 
 def memory_child(args, name: str) -> float:
+    """Peak RSS (GiB) of two bf16 steps; lmlab's variants with the allocator setting `lmlab train` uses."""
+    if name.startswith("lmlab"):
+        keep_freed_memory()
     model, optimizer, context = build_variant(name, baseline_module(args.baseline))
     model.train()
     batch = torch.randint(0, preset_config(PRESET).vocab_size, (args.memory_batch, args.seq_len))
@@ -268,9 +249,9 @@ def memory_child(args, name: str) -> float:
     return round(peak_rss_mib() / 2**10, 2)
 
 
-def memory_section(args) -> dict:
-    result = {"batch": args.memory_batch, "seq_len": args.seq_len, "precision": "bf16", "target_GiB": 6.0}
-    for name in ("lmlab", "lmlab_baseline", "hf_qwen3_next"):
+def memory_section(args, names=("lmlab", "lmlab_baseline", "hf_qwen3_next")) -> dict:
+    result = {"batch": args.memory_batch, "seq_len": args.seq_len, "precision": "bf16", "target_GiB": MEMORY_TARGET}
+    for name in names:
         try:
             result[name] = {"peak_rss_GiB": float(child(args, "memory", name))}
         except subprocess.CalledProcessError as error:  # e.g. killed when the shared machine runs out of memory
@@ -324,6 +305,26 @@ def profile_section(args, rows: int = 20) -> list[dict]:
              "percent": round(100 * e.self_cpu_time_total / total, 1)} for e in events[:rows]]
 
 
+# ---- run_all.py's rows
+
+def rows(quick: bool) -> list[dict]:
+    """neollm-110m's step against HF Qwen3-Next (fp32, bf16) and its peak RSS at B 8, T 512 in bf16 (both modes)."""
+    batch, seq_len = QUICK_SHAPE if quick else FULL_SHAPE
+    args = argparse.Namespace(batch=batch, seq_len=seq_len, rounds=2 if quick else 3, baseline=BASELINE,
+                              threads=torch.get_num_threads(), memory_batch=8)
+    size = f"B {batch}, T {seq_len}" + (f"; quick size, full: B {FULL_SHAPE[0]}, T {FULL_SHAPE[1]}" if quick else "")
+    found = [row(f"neollm-110m vs HF Qwen3-Next, {r['precision']} ({size})", r["lmlab_speedup_vs_hf"], SPEED_TARGET,
+                 f"CPU-time ratio {r['cpu_time_ratio_vs_hf']:.2f}; dropout off on both")
+             for r in model_section(args, None, names=("lmlab", "hf_qwen3_next"))]
+    memory = memory_section(argparse.Namespace(**{**vars(args), "seq_len": 512}), names=("lmlab",))["lmlab"]
+    peak = memory.get("peak_rss_GiB")
+    found.append(row(f"neollm-110m bf16 training peak RSS ≤ {MEMORY_TARGET:g} GiB (B 8, T 512; ratio = "
+                     f"{MEMORY_TARGET:g} GiB / peak)", None if peak is None else MEMORY_TARGET / peak, 1.0,
+                     f"peak {peak} GiB, preset as published (dropout on), lmlab train's malloc setting"
+                     if peak is not None else memory["failed"]))
+    return found
+
+
 # ---- driver
 
 def child(args, *task: str) -> str:
@@ -342,11 +343,11 @@ def main() -> None:
     parser.add_argument("--memory-batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--baseline", default="b0dc7cc", help="git revision of the baseline kernel (before perf-gdn)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: lmlab's, lmlab.hardware)")
+    parser.add_argument("--baseline", default=BASELINE, help="git revision of the baseline kernel (before perf-gdn)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args.threads = set_threads(args.threads)
     if args.child:
         task, *rest = args.child
         value = kernel_rss_child(args, *rest) if task == "kernel-rss" else memory_child(args, *rest)
@@ -354,7 +355,7 @@ def main() -> None:
         return
     started = os.getloadavg()
     baseline = baseline_module(args.baseline)
-    results = {"benchmark": "gdn_step", "cpu": cpu_flags(), "cores": os.cpu_count(), "threads": args.threads,
+    results = {"benchmark": "gdn_step", "machine": machine(), "cores": os.cpu_count(),
                "torch": torch.__version__, "baseline": args.baseline,
                "env": {k: os.environ.get(k) for k in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS")}}
     sections = {"kernel": lambda: kernel_section(args, baseline), "model": lambda: model_section(args, baseline),

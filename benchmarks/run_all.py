@@ -20,7 +20,7 @@ from common import machine, machine_line, print_table, row
 
 from lmlab.hardware import keep_freed_memory, set_threads
 
-BENCHMARKS = ("train_throughput", "train_loop", "generate")
+BENCHMARKS = ("train_throughput", "gdn_step", "train_loop", "generate")
 
 
 def collect(names, quick: bool, log=print) -> list[dict]:

@@ -89,6 +89,27 @@ def test_attention_dropout_is_active_in_training_only():
     assert not torch.equal(model(x).logits, model(x).logits)
 
 
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_attention_dropout_on_a_cpu_is_recomputed_with_the_same_mask(backend):
+    """With dropout, the kernel keeps q, k, v only (no T×S probabilities) and its output and gradients equal the
+    plain kernel's drawing the same dropout mask."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 32, 8, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(2, 4, 32, 8)
+    run = attention_module._eager if backend == "eager" else attention_module._sdpa
+    torch.manual_seed(1)
+    plain = run(q, k, v, 0.3, None, True, 0.5)
+    expected = torch.autograd.grad((plain * upstream).sum(), (q, k, v))
+    saved = []
+    torch.manual_seed(1)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = causal_attention(q, k, v, scale=0.3, q_start=0, dropout_p=0.5, backend=backend)
+    assert max(t.numel() for t in saved) == q.numel()  # nothing of size T×S
+    torch.testing.assert_close(out, plain)
+    for got, want in zip(torch.autograd.grad((out * upstream).sum(), (q, k, v)), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_one_shared_key_value_head_serves_every_query_head():
     model = tiny_model("nyx-tiny")
     randomise_parameters(model)

@@ -89,3 +89,31 @@ def test_polynorm_mlp_is_gated():
     expected = mlp.down_proj(mlp.act_fn(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T))
     torch.testing.assert_close(mlp(x), expected)
     assert sum(p.numel() for p in PolyNormMLP(preset_config("neollm-110m")).parameters()) == 1_572_868
+
+
+def test_polynorm_gradients_equal_autograd_through_the_formula():
+    """The hand-written backward (x, w, b) against autograd through the plain formula, in float64."""
+    torch.manual_seed(0)
+    act = PolyNorm().double()
+    with torch.no_grad():
+        act.weight.copy_(torch.tensor([0.2, -0.7, 1.3]))
+        act.bias.fill_(0.5)
+    x = torch.randn(3, 4, 32, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 4, 32, dtype=torch.float64)
+    ours = torch.autograd.grad((act(x) * upstream).sum(), (x, act.weight, act.bias))
+    w, b = act.weight.detach().requires_grad_(), act.bias.detach().requires_grad_()
+    formula = w[0] * normalised(x ** 3) + w[1] * normalised(x ** 2) + w[2] * normalised(x) + b
+    expected = torch.autograd.grad((formula * upstream).sum(), (x, w, b))
+    for got, want in zip(ours, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_polynorm_keeps_only_its_input_and_row_factors_for_backward():
+    """Saved for the backward: x in its own dtype (bf16 here) and three per-row factors, nothing of x's size in fp32."""
+    x = torch.randn(2, 8, 64, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        PolyNorm()(x)
+    large = [t for t in saved if t.numel() == x.numel()]
+    assert len(large) == 1 and large[0].dtype == torch.bfloat16
+    assert sum(t.numel() for t in saved if t.numel() != x.numel()) == 3 * 2 * 8 + 3

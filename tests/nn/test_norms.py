@@ -88,3 +88,39 @@ def test_dyt_runs_in_the_input_dtype_and_fp32_is_the_plain_formula():
         low = norm(x.bfloat16())
         assert low.dtype == torch.bfloat16
         torch.testing.assert_close(low.float(), norm(x), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("kind", ["rmsnorm", "zero_centred_rmsnorm", "rmsnorm_parameterless"])
+def test_rms_norm_gradients_equal_autograd_through_the_formula(kind, gated):
+    """The hand-written backward against autograd through x·rsqrt(mean x² + ε)·s (· SiLU(z) when gated), float64."""
+    torch.manual_seed(0)
+    norm = NORMS[kind](preset_config("neollm-tiny"), 16).double()
+    for p in norm.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True) if gated else None
+    upstream = torch.randn(3, 5, 16, dtype=torch.float64)
+    params = list(norm.parameters())
+    inputs = (x, *params) + ((z,) if gated else ())
+    ours = torch.autograd.grad((norm(x, gate=z) * upstream).sum(), inputs)
+    weights = [p.detach().requires_grad_() for p in params]
+    scale = {"rmsnorm": lambda: weights[0], "zero_centred_rmsnorm": lambda: 1 + weights[0],
+             "rmsnorm_parameterless": lambda: 1.0}[kind]()
+    formula = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * scale
+    if gated:
+        formula = formula * z * torch.sigmoid(z)
+    expected = torch.autograd.grad((formula * upstream).sum(), (x, *weights) + ((z,) if gated else ()))
+    for got, want in zip(ours, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_rms_norm_keeps_its_input_and_the_row_factor_only():
+    """Saved for the backward: the fp32 input itself (no copy, no normalised x) and one factor per row."""
+    x = torch.randn(4, 6, 32, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        RMSNorm(32, eps=1e-6)(x)
+    large = [t for t in saved if t.numel() == x.numel()]
+    assert len(large) == 1 and large[0].data_ptr() == x.data_ptr()
+    assert sum(t.numel() for t in saved if t.numel() != x.numel()) == 4 * 6 + 32

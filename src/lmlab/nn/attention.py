@@ -7,12 +7,20 @@ the layer has a window, and key j is not padding. Grouped heads: kv head g serve
 Sliding windows never build the whole T×S mask when the window is active: queries run in blocks of
 `query_block` rows, each against only the keys its rows can see (at most block + window of them), so memory and
 work grow as T·(block + window) instead of T².
+
+Attention dropout on a CPU: SDPA has no fused CPU kernel with dropout, so its math path keeps the T×S probabilities
+(in fp32, even under bf16 autocast) and the dropout mask for the backward: 200 MiB per layer at B 8, T 512, 8
+heads. There the kernel runs under activation checkpointing instead: only q, k, v are kept and the backward
+recomputes the probabilities with the same dropout mask (the RNG state is restored).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lmlab.cache import KVCache, SlidingKVCache
 from lmlab.errors import ConfigError, MissingDependencyError
@@ -85,6 +93,11 @@ def _flash(q, k, v, scale, window, dropout_p):
     return out.transpose(1, 2)
 
 
+def _recomputed(run):
+    """`run` under activation checkpointing (same dropout mask in the recompute)."""
+    return functools.partial(checkpoint, run, use_reentrant=False)
+
+
 def _windowed_in_blocks(run, q, k, v, scale, q_start, k_start, key_padding, window, dropout_p, block):
     """Sliding-window attention, `block` queries at a time, each block against the keys it can see only."""
     t, s = q.shape[2], k.shape[2]
@@ -120,6 +133,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
     keys_end_with_queries = k_start + s == q_start + t
     window_inactive = window is None or window >= q_start + t - 1 - k_start
     run = _eager if backend == "eager" else _sdpa
+    if dropout_p > 0 and q.device.type == "cpu" and torch.is_grad_enabled():
+        run = _recomputed(run)
     if not window_inactive and t > query_block:
         return _windowed_in_blocks(run, q, k, v, scale, q_start, k_start, key_padding, window, dropout_p,
                                    query_block)

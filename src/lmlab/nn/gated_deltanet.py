@@ -140,7 +140,7 @@ class GatedDeltaNet(Component):
         if ctx.cache is not None:
             ctx.set_layer_state(self.layer_idx, GatedDeltaNetState(conv=window, recurrent=recurrent))
 
-        o = self.norm(o) * F.silu(z.float())
+        o = self.norm(o, gate=z)  # RMSNorm(o) ⊙ SiLU(z), in fp32
         return self.out_proj(o.to(x.dtype).reshape(b, t, self.value_dim))
 
 

@@ -110,7 +110,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     backward scales them by the incoming gradient unless it is 1.
 
     Each chunk's logits live in one fp32 buffer reused by every chunk (fresh large tensors cost page faults on a CPU,
-    about as much again as the arithmetic); with bf16 matmuls a second buffer holds the chunk in bf16."""
+    about as much again as the arithmetic); with bf16 matmuls a second buffer holds the chunk in bf16, and a third
+    (V × d) each chunk's head gradient before it is added to the fp32 sum."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, softcap, rows, needs_grad):
@@ -128,6 +129,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         rows = min(rows, n)
         buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
         low = buffer if compute == torch.float32 else torch.empty(rows, vocab, dtype=compute, device=hidden.device)
+        # a chunk's head gradient in the matmul dtype (addmm_ cannot mix it with the fp32 sum), reused by every chunk
+        partial = None if compute == torch.float32 or not needs_grad else torch.empty_like(weight, dtype=compute)
         with autocast_disabled(hidden.device):
             w = weight.to(compute)
             for start in range(0, n, rows):
@@ -166,7 +169,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 if compute == torch.float32:
                     grad_weight.addmm_(grad_logits.T, scaled_h)  # in place: no vocab × d temporary per chunk
                 else:
-                    grad_weight += grad_logits.T @ scaled_h
+                    grad_weight += torch.mm(grad_logits.T, scaled_h, out=partial)
         if needs_grad:
             if grad_bias is not None:
                 grad_bias *= inverse

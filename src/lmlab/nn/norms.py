@@ -10,6 +10,10 @@ no statistics (an elementwise tanh) and runs in the input's dtype.
 | rmsnorm_parameterless | x · rsqrt(mean(x²) + ε) (nanochat, yatgpt) | none |
 | dyt | γ · tanh(α x) + β (Zhu et al. 2025, arXiv 2503.10622) | α scalar = dyt_alpha_init, γ = 1, β = 0 |
 | dyt_n4 | w · tanh(x) (N4's reduced DyT: α ≡ 1, β ≡ 0) | w = 1 |
+
+The RMS norms keep only x and the per-row r = rsqrt(mean(x²) + ε) for their backward (not x in fp32 and the
+normalised n = x·r as autograd would: half the memory on an fp32 residual stream) and recompute n there:
+∂L/∂x = r·(ĝ − n·mean(ĝ·n)) with ĝ = ∂L/∂n = ∂L/∂y · s.
 """
 
 from __future__ import annotations
@@ -44,6 +48,57 @@ class LayerNorm(Component):
         return y.to(x.dtype)
 
 
+def statistics_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 for half-precision inputs, the input's own dtype otherwise (float64 stays float64)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def rms_normalise(u: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, r): n = u·r, r = rsqrt(mean(u²) + ε) over the last dimension."""
+    r = torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)
+    return u * r, r
+
+
+def rms_normalise_backward(grad_n: torch.Tensor, n: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """∂L/∂u of n = u·r, r = rsqrt(mean(u²) + ε), given ∂L/∂n: r·(∂L/∂n − n·mean(∂L/∂n·n))."""
+    return r * (grad_n - n * (grad_n * n).mean(-1, keepdim=True))
+
+
+class _RMSNorm(torch.autograd.Function):
+    """y = x·r·s (s: per-channel scale or None), times SiLU(gate) when a gate is given, in the statistics dtype and
+    returned in x's dtype; saves x, r and the gate in their own dtypes (∂L/∂gate = ∂L/∂y · x·r·s · SiLU′(gate))."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor | None, gate: torch.Tensor | None, eps: float
+                ) -> torch.Tensor:
+        y, r = rms_normalise(x.to(statistics_dtype(x)), eps)
+        if scale is not None:
+            y = y * scale
+        if gate is not None:
+            y = y * F.silu(gate.to(y.dtype))
+        ctx.save_for_backward(x, r, scale, gate)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, r, scale, gate = ctx.saved_tensors
+        n = x.to(r.dtype) * r
+        grad_n = grad_y.to(r.dtype)
+        grad_scale = grad_gate = None
+        if gate is not None:
+            z = gate.to(r.dtype)
+            sigmoid = torch.sigmoid(z)
+            if ctx.needs_input_grad[2]:
+                normed = n if scale is None else n * scale
+                grad_gate = (grad_n * normed * sigmoid * (1 + z * (1 - sigmoid))).to(gate.dtype)
+            grad_n = grad_n * (z * sigmoid)
+        if scale is not None:
+            if ctx.needs_input_grad[1]:
+                grad_scale = (grad_n * n).reshape(-1, n.shape[-1]).sum(0).to(scale.dtype)
+            grad_n = grad_n * scale
+        return rms_normalise_backward(grad_n, n, r).to(x.dtype), grad_scale, grad_gate, None
+
+
 class RMSNorm(Component):
     """x · rsqrt(mean(x²) + ε), times a learnable gain w unless `gain=False` (parameterless)."""
 
@@ -58,15 +113,12 @@ class RMSNorm(Component):
 
     def scale(self) -> torch.Tensor | None:
         """The per-channel multiplier of the normalised input (None: parameterless)."""
-        return None if self.weight is None else self.weight.float()
+        return None if self.weight is None else self.weight.to(statistics_dtype(self.weight))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        scale = self.scale()
-        if scale is not None:
-            y = y * scale
-        return y.to(x.dtype)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """The norm of x, times SiLU(gate) when given (Gated DeltaNet's output gate: one pass, x and the gate kept
+        for the backward instead of four tensors of x's size in fp32)."""
+        return _RMSNorm.apply(x, self.scale(), gate, self.eps)
 
 
 class ZeroCentredRMSNorm(RMSNorm):
@@ -80,7 +132,7 @@ class ZeroCentredRMSNorm(RMSNorm):
         init.zeros_(self.weight)
 
     def scale(self) -> torch.Tensor:
-        return 1.0 + self.weight.float()
+        return 1.0 + self.weight.to(statistics_dtype(self.weight))
 
 
 class DyT(Component):
