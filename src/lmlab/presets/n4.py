@@ -42,5 +42,5 @@ register_preset(Preset(
     name="n4-tiny-rope", family="n4",
     description="n4-tiny with RoPE on queries and selective-copy keys (not N4: a position encoding added; "
                 "docs/recipes.md)",
-    config=dict(N4_TINY, position="rope", rope_theta=10000.0), recipe=N4_TINY_RECIPE,
+    config=dict(N4_TINY, position="rope"), recipe=N4_TINY_RECIPE,
 ))
