@@ -317,7 +317,7 @@ def test_a_different_request_for_the_same_folder_is_refused(compared, corpus, ca
 @pytest.mark.parametrize("variants,extra,message", [
     (("ngen4-tiny:mixer=selective_copy,num_key_value_heads=2",), [], r"variant 'ngen4-tiny:mixer=.*multi-head only"),
     (("ngen4-tiny:norm=dyt@layers:9",), [], "layer 9 does not exist"),
-    (("ngen4-tiny", "yatgpt-tiny"), [], "disagree on seq_len"),
+    (("ngen4-tiny", "nyx-30m"), [], "disagree on seq_len"),
     (("ngen4-tiny",), ["--budget", "tokens=10"], "less than one optimizer step"),
 ])
 def test_impossible_comparisons_are_refused_before_training(corpus, tmp_path, capsys, variants, extra, message):

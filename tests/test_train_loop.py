@@ -80,7 +80,8 @@ def loop_args(corpus, out, *extra):
     return ["train", "--preset", "ngen4-tiny", "--data", str(corpus), "--tokenizer", "bytes", "--out", str(out),
             "--seq-len", "32", "--batch-size", "4", "--steps", "12", "--lr", "3e-3", "--warmup-steps", "2",
             "--eval-every", "4", "--eval-batches", "2", "--sample-every", "4", "--sample-tokens", "8",
-            "--checkpoint-every", "4", "--keep", "2", "--no-progress", "--no-tensorboard", *SMALL, *extra]
+            "--checkpoint-every", "4", "--keep", "2", "--no-progress", "--no-tensorboard", *SMALL,
+            "--set", "residual_dropout=0.1", *extra]  # dropout on: resuming must restore the RNG state too
 
 
 def losses(run_dir):

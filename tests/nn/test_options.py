@@ -157,7 +157,7 @@ def test_a_rotary_encoding_needs_a_mixer_that_rotates():
 def test_a_component_check_names_the_component_and_its_layers():
     message = refusal(tiny_config("nyx-tiny"), gpas="sublayer")
     assert message.startswith("block 'parallel' on layers 0-1: has one residual add")
-    assert "mixer 'selective_copy' on layers 0-1: multi-head only" in refusal(tiny_config("n4-tiny"),
+    assert "mixer 'selective_copy' on layers 0-3: multi-head only" in refusal(tiny_config("n4-tiny"),
                                                                                num_key_value_heads=2)
 
 

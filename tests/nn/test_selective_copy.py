@@ -17,8 +17,13 @@ def run_mixer(mixer, x, positions=None):
     return mixer(x, ctx)
 
 
+def small_n4(**overrides):
+    """n4-tiny at d 64 with 4 heads of 16 (the sizes the expectations below are written for)."""
+    return tiny_model("n4-tiny", hidden_size=64, intermediate_size=128, **overrides)
+
+
 def test_qkvg_rows_follow_the_head_major_layout():
-    model = tiny_model("n4-tiny")
+    model = small_n4()
     mixer = model.model.layers[0].mixer
     d, h, hd = 64, 4, 16
     # weight row r reads input channel 0 with value r: the projection of e_0 is the row number itself
@@ -82,7 +87,7 @@ def reference_mixer(mixer, x, scale, rotate=None):
 
 
 def test_mixer_uses_one_over_sqrt_hidden_size_not_head_dim():
-    model = tiny_model("n4-tiny")
+    model = small_n4()
     randomise_parameters(model)
     mixer = model.model.layers[0].mixer
     torch.manual_seed(3)
@@ -95,7 +100,7 @@ def test_mixer_uses_one_over_sqrt_hidden_size_not_head_dim():
 
 def test_rope_rotates_queries_and_the_mean_keys_after_the_mean():
     """N4 has no position encoding; with position=rope, q_i turns at i and K'_j at j (after the mean)."""
-    model = tiny_model("n4-tiny", position="rope")
+    model = small_n4(position="rope")
     randomise_parameters(model)
     mixer = model.model.layers[0].mixer
     torch.manual_seed(4)
@@ -108,7 +113,7 @@ def test_rope_rotates_queries_and_the_mean_keys_after_the_mean():
 
 
 def test_left_padding_gives_the_same_outputs_as_the_unpadded_row():
-    model = tiny_model("n4-tiny")
+    model = small_n4()
     randomise_parameters(model)
     torch.manual_seed(0)
     row = torch.randint(0, 101, (1, 10))
@@ -119,7 +124,7 @@ def test_left_padding_gives_the_same_outputs_as_the_unpadded_row():
 
 
 def test_pure_bf16_forward_keeps_exact_positions_beyond_256():
-    model = tiny_model("n4-tiny").to(torch.bfloat16)
+    model = small_n4().to(torch.bfloat16)
     x = torch.randint(0, 101, (1, 512))
     logits = model(x).logits
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
@@ -133,7 +138,7 @@ def test_pure_bf16_forward_keeps_exact_positions_beyond_256():
 
 
 def test_unused_norm_exists_but_is_frozen():
-    mixer = tiny_model("n4-tiny").model.layers[0].mixer
+    mixer = small_n4().model.layers[0].mixer
     assert mixer.unused_norm.weight.shape == (16,)
     assert not mixer.unused_norm.weight.requires_grad
 
@@ -142,4 +147,4 @@ def test_selective_copy_refuses_grouped_kv_heads():
     from lmlab import ConfigError
 
     with pytest.raises(ConfigError, match="multi-head only"):
-        tiny_model("n4-tiny", num_key_value_heads=2)
+        small_n4(num_key_value_heads=2)

@@ -1,7 +1,7 @@
 """N4 (Nova-Nox-Neural-Network, Rikka-Botan): NoPE attention with selective-copying keys, ASGG MLP, DyT sandwich
 norms, no final norm, untied head. Spec: shared/specs/n4.md."""
 
-from lmlab.presets.base import Preset, register_preset
+from lmlab.presets.base import TINY_RECIPE, Preset, register_preset
 
 N4_COMPONENTS = dict(
     mixer="selective_copy", mlp="asgg", norm="dyt_n4", block="sandwich", position="none", final_norm=False,
@@ -25,12 +25,22 @@ register_preset(Preset(
     recipe=N4_RECIPE,
 ))
 
+# nanoGPT's baby-GPT size (d 128, 4 layers), not the d 64 × 2 of the other tiny presets: with no position encoding
+# the first layer attends uniformly (its keys are running means), so N4 builds position in depth and width; at
+# d 64 it stays near a trigram model (docs/recipes.md, "N4").
+N4_TINY = dict(N4_COMPONENTS, vocab_size=32768, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+               num_hidden_layers=4)
+N4_TINY_RECIPE = dict(N4_RECIPE, **TINY_RECIPE)
+
 register_preset(Preset(
     name="n4-tiny", family="n4",
-    description="N4 components at CPU-test size: 2 layers, d 64, 4 heads",
-    config=dict(N4_COMPONENTS, vocab_size=32768, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                num_hidden_layers=2),
-    recipe=dict(N4_RECIPE, seq_len=128, batch_size=16, grad_accum=1,
-                optimizer=dict(N4_RECIPE["optimizer"], lr=2e-3),
-                schedule=dict(name="cosine", warmup_steps=20, min_lr=2e-4), source="lmlab tiny variant"),
+    description="N4 components (published math) at nanoGPT's CPU size: 4 layers, d 128, 4 heads, ASGG 256",
+    config=N4_TINY, recipe=N4_TINY_RECIPE,
+))
+
+register_preset(Preset(
+    name="n4-tiny-rope", family="n4",
+    description="n4-tiny with RoPE on queries and selective-copy keys (not N4: a position encoding added; "
+                "docs/recipes.md)",
+    config=dict(N4_TINY, position="rope"), recipe=N4_TINY_RECIPE,
 ))

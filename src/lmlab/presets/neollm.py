@@ -2,7 +2,7 @@
 gated PolyNorm MLP, zero-centred RMSNorm, LayerNorm Scaling, GPAS, tied embeddings, chunked cross-entropy, AdEMAMix.
 Spec: shared/specs/neollm.md (a reconstruction: the 110M modeling code is not public; see its §0 and §9)."""
 
-from lmlab.presets.base import Preset, register_preset
+from lmlab.presets.base import TINY_RECIPE, Preset, register_preset
 
 ATTENTION_PERIOD = 4  # one full-attention layer per three Gated DeltaNet layers (Qwen3-Next's rule)
 
@@ -64,10 +64,6 @@ register_preset(Preset(
     config=dict(NEOLLM_COMPONENTS, vocab_size=151665, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, num_hidden_layers=4, layers=neollm_layers(4),
                 linear_num_key_heads=2, linear_key_head_dim=16, linear_num_value_heads=4, linear_value_head_dim=16,
-                linear_chunk_size=16),
-    # fp32: a CPU-sized model, and CPUs without AVX512-BF16 run bf16 matmuls far slower than fp32
-    recipe=dict(NEOLLM_RECIPE, seq_len=128, batch_size=16, grad_accum=1, precision="auto",
-                optimizer=dict(NEOLLM_RECIPE["optimizer"], lr=2e-3, t_alpha=200, t_beta3=200),
-                schedule=dict(name="warm_start_cosine", warmup_steps=20, start_lr=1e-3, min_lr=2e-4),
-                source="lmlab tiny variant"),
+                linear_chunk_size=16, attention_dropout=0.0, residual_dropout=0.0),
+    recipe=dict(NEOLLM_RECIPE, **TINY_RECIPE),
 ))

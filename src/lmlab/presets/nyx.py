@@ -2,7 +2,7 @@
 LayerNorm, multi-query attention (one K/V head) with XPOS rotary, SwiGLU, no biases, tied embedding, byte-level
 vocabulary; the loss never scores target byte 0. Spec: shared/specs/nyx.md."""
 
-from lmlab.presets.base import Preset, register_preset
+from lmlab.presets.base import TINY_RECIPE, Preset, register_preset
 
 NYX_COMPONENTS = dict(
     mixer="attention", mlp="swiglu", norm="layernorm_nobias", block="parallel", position="xpos",
@@ -34,6 +34,5 @@ register_preset(Preset(
     description="NYX components at CPU-test size: 2 layers, d 64, 4 query heads of 16, 1 K/V head",
     config=dict(NYX_COMPONENTS, vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                 head_dim=16, intermediate_size=256),
-    recipe=dict(NYX_RECIPE, seq_len=128, batch_size=16, grad_accum=1,
-                optimizer=dict(NYX_RECIPE["optimizer"], lr=1e-3), source="lmlab tiny variant"),
+    recipe=dict(NYX_RECIPE, **dict(TINY_RECIPE, optimizer=dict(TINY_RECIPE["optimizer"], weight_decay=0.0))),
 ))

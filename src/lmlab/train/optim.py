@@ -164,12 +164,15 @@ def build_optimizers(model: nn.Module, spec: dict) -> list[torch.optim.Optimizer
         matrices = [(n, p) for n, p in named if p.ndim == 2 and id(p) not in tables]
         rest = [(n, p) for n, p in named if not (p.ndim == 2 and id(p) not in tables)]
         options = _known(spec, name, {"lr", "momentum", "betas", "eps"})
-        muon = torch.optim.Muon(parameter_groups(matrices, weight_decay, "none"), lr=options["lr"],
-                                momentum=options.get("momentum", 0.95), adjust_lr_fn="match_rms_adamw")
-        adamw = torch.optim.AdamW(parameter_groups(rest, weight_decay, no_decay), lr=options["lr"],
-                                  betas=options.get("betas", (0.9, 0.95)), eps=options.get("eps", 1e-8),
-                                  **adam_implementation([p for _, p in rest]))
-        return [muon, adamw]
+        optimizers = []
+        if matrices:
+            optimizers.append(torch.optim.Muon(parameter_groups(matrices, weight_decay, "none"), lr=options["lr"],
+                                               momentum=options.get("momentum", 0.95), adjust_lr_fn="match_rms_adamw"))
+        if rest:  # LoRA adapters are all matrices: then Muon alone
+            optimizers.append(torch.optim.AdamW(parameter_groups(rest, weight_decay, no_decay), lr=options["lr"],
+                                                betas=options.get("betas", (0.9, 0.95)), eps=options.get("eps", 1e-8),
+                                                **adam_implementation([p for _, p in rest])))
+        return optimizers
     raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
 
 
