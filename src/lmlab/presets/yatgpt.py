@@ -89,8 +89,8 @@ register_preset(Preset(
     description="yatgpt components at CPU-test size: 4 layers (S S S L), d 64, 4 heads, windows 16 / 64",
     config=dict(YATGPT_COMPONENTS, hidden_size=64, num_attention_heads=4, intermediate_size=256, num_hidden_layers=4,
                 window_long=64, window_short=16),
-    recipe=dict(YATGPT_RECIPE, seq_len=64, batch_size=16, grad_accum=1, optimizer=dict(YATGPT_RECIPE["optimizer"],
-                                                                                     lr=3e-3),
-                schedule=dict(name="cosine", warmup_steps=20, min_lr=1.5e-4), chinchilla=None,
-                source="lmlab tiny variant"),
+    recipe=dict(YATGPT_RECIPE, seq_len=64, batch_size=12, grad_accum=1,
+                optimizer=dict(name="muon", lr=8e-3, weight_decay=0.01, no_decay="none"),
+                schedule=dict(name="cosine", warmup_steps=100, min_lr_ratio=0.1), chinchilla=None,
+                source="lmlab tiny variant: recipe tuned on tiny Shakespeare at nanoGPT's CPU budget"),
 ))
