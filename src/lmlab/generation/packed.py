@@ -12,7 +12,7 @@ kernel is already as fast, so a single-row call keeps it.
 
 Each such Linear is packed at its first call with two rows or more, so single-sequence decoding holds no pack. A
 pack is a second copy of the weight (for a tied head, of the embedding), kept while the weight is unchanged (its
-address and in-place version, as lmlab.generation.compiled checks the weights). Outputs equal the plain layer's up
+address and in-place version: lmlab.generation.compiled's weights_fingerprint). Outputs equal the plain layer's up
 to fp32 rounding: the same products, summed in another order. Packs are kept rather than made per generation
 because packing costs time (ngen4-50m: ~0.2 s, 8% of a 64-token batch-8 generation) and memory while they live (its
 tied head and 16 block matrices: ~170 MB until the model is dropped or the next generation repacks changed weights).
@@ -25,6 +25,8 @@ import weakref
 import torch
 from torch import nn
 
+from lmlab.generation.compiled import weights_fingerprint
+
 PACK_ROWS = 8  # the row count oneDNN lays a pack out for; calls with any count of rows may use it
 PACK_MIN_WEIGHTS = 1 << 20  # 4 MiB of fp32: smaller weights decode faster unpacked (module docstring)
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Linear -> its PackedLinear
@@ -34,18 +36,13 @@ def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def weight_version(linear: nn.Linear) -> tuple:
-    """Changes when the weight or bias is replaced or modified in place."""
-    return tuple((t.data_ptr(), t._version) for t in (linear.weight, linear.bias) if t is not None)
-
-
 class PackedLinear:
     """`linear`'s x·Wᵀ + b: through the packed weight for two rows or more (packed at the first such call), through
     the plain kernel for one row."""
 
     def __init__(self, linear: nn.Linear):
         self.linear = linear
-        self.version = weight_version(linear)
+        self.version = weights_fingerprint(linear)
         self.packed = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +69,7 @@ def packable_linears(model: nn.Module) -> list[nn.Linear]:
 def packed(linear: nn.Linear) -> PackedLinear:
     """The layer's PackedLinear, made anew when its weights changed since it was packed."""
     layer = _PACKS.get(linear)
-    if layer is None or layer.version != weight_version(linear):
+    if layer is None or layer.version != weights_fingerprint(linear):
         layer = _PACKS[linear] = PackedLinear(linear)
     return layer
 
