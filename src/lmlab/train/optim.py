@@ -4,9 +4,9 @@
                where torch supports it (`adam_implementation`)
     ademamix   AdEMAMix (Pagliardini et al. 2024) with its α and β3 warm-up schedulers, below (NeoLLM)
     lion       lion-pytorch's Lion: p ← p(1 − ηλ); p ← p − η·sign(β1·m + (1 − β1)g); m ← β2·m + (1 − β2)g  (NYX)
-    muon       torch.optim.Muon on the hidden weight matrices (Newton–Schulz orthogonalised momentum, learning rate
-               matched to AdamW's update RMS), AdamW (fused where supported) on embeddings, the head and every 1-D
-               parameter
+    muon       lmlab.train.muon.Muon on the hidden weight matrices (Newton–Schulz orthogonalised momentum, learning
+               rate matched to AdamW's update RMS; torch.optim.Muon's rule, fp32 on CPUs without fast bf16), AdamW
+               (fused where supported) on embeddings, the head and every 1-D parameter
 
 Weight decay applies per group. `no_decay` in the optimizer recipe picks the parameters without it: "1d" (default:
 biases, norm gains, scalar gates — every parameter with fewer than 2 dimensions, the HF Trainer / nanoGPT rule),
@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 from torch.optim.optimizer import _default_to_fused_or_foreach
+
+from lmlab.train.muon import Muon, closure_loss
 
 OPTIMIZERS = ("adamw", "ademamix", "lion", "muon")
 
@@ -78,10 +80,7 @@ class AdEMAMix(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2, beta3 = group["betas"]
             for p in group["params"]:
@@ -166,8 +165,8 @@ def build_optimizers(model: nn.Module, spec: dict) -> list[torch.optim.Optimizer
         options = _known(spec, name, {"lr", "momentum", "betas", "eps"})
         optimizers = []
         if matrices:
-            optimizers.append(torch.optim.Muon(parameter_groups(matrices, weight_decay, "none"), lr=options["lr"],
-                                               momentum=options.get("momentum", 0.95), adjust_lr_fn="match_rms_adamw"))
+            optimizers.append(Muon(parameter_groups(matrices, weight_decay, "none"), lr=options["lr"],
+                                   momentum=options.get("momentum", 0.95), adjust_lr_fn="match_rms_adamw"))
         if rest:  # LoRA adapters are all matrices: then Muon alone
             optimizers.append(torch.optim.AdamW(parameter_groups(rest, weight_decay, no_decay), lr=options["lr"],
                                                 betas=options.get("betas", (0.9, 0.95)), eps=options.get("eps", 1e-8),
