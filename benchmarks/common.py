@@ -17,7 +17,10 @@ import time
 
 import torch
 
-from lmlab.hardware import REPORTED_FLAGS, read_cpuinfo
+from lmlab.hardware import REPORTED_FLAGS, device_runs_bf16_fast, read_cpuinfo
+
+NO_FAST_BF16 = ("skipped: this CPU has neither AVX512-BF16 nor AMX, so bf16 matmuls run far slower than fp32 (0.6 vs "
+                "30 GFLOP/s on an AVX2 EPYC); --precision auto trains in fp32 here")
 
 
 def machine() -> dict:
@@ -33,6 +36,11 @@ def machine_line(info: dict) -> str:
         ", ".join(info["flags"])
     return (f"{info['cpu']} (flags: {flags}; torch {info['torch']}, {info['torch_cpu_capability']}, "
             f"{info['torch_threads']} thread(s), load {info['load_average']:.1f})")
+
+
+def timed_precisions() -> tuple[str, ...]:
+    """The precisions worth timing here: fp32, and bf16 where this CPU multiplies bf16 fast (lmlab.hardware)."""
+    return ("fp32", "bf16") if device_runs_bf16_fast("cpu") else ("fp32",)
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
@@ -64,6 +72,11 @@ def row(name: str, ratio: float | None, target: float | None, note: str = "") ->
     met = None if ratio is None or target is None else ratio >= target
     return {"name": name, "ratio": None if ratio is None else round(ratio, 3), "target": target, "met": met,
             "note": note}
+
+
+def skipped_bf16(name: str, target: float | None) -> dict:
+    """The row of a bf16 measurement this CPU cannot run at a useful speed."""
+    return row(name, None, target, NO_FAST_BF16)
 
 
 def print_table(rows: list[dict], file=sys.stdout) -> None:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import best_of, machine, machine_line, print_table, row
+from common import NO_FAST_BF16, best_of, machine, machine_line, print_table, row, skipped_bf16, timed_precisions
 
 from lmlab import LMLabConfig, LMLabForCausalLM, preset_config
 from lmlab.hardware import keep_freed_memory, set_threads
@@ -117,7 +117,7 @@ def measure(quick: bool) -> dict:
         presets = [TINY] if quick else [TINY, "n4-tiny", "nyx-tiny", "llama-tiny"]
         results["precision"] = {}
         for preset in presets:
-            functions = step_variants(preset, {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}})
+            functions = step_variants(preset, {p: {"precision": p} for p in timed_precisions()})
             results["auto"][preset] = resolve_precision("auto", torch.device("cpu"), preset_config(preset).hidden_size)
             timed_first(functions)
             results["precision"][preset] = best_of(rounds, functions)
@@ -131,7 +131,7 @@ def measure(quick: bool) -> dict:
         torch.set_num_threads(threads)
         steps = 100 if quick else 300
         results["auto_loss"] = {}
-        for preset in [TINY] if quick else [TINY, "n4-tiny", "nyx-tiny"]:
+        for preset in ([TINY] if quick else [TINY, "n4-tiny", "nyx-tiny"]) if "bf16" in timed_precisions() else []:
             losses = {p: trained(preset, steps, Path(folder) / f"{preset}-{p}", precision=p)[1].val["val_loss"]
                       for p in ("fp32", "bf16")}
             results["auto_loss"][preset] = {"steps": steps, **losses}
@@ -142,10 +142,10 @@ def table_rows(results: dict) -> list[dict]:
     loop = results["loop_overhead"]
     rows = [row(f"lmlab train vs raw step loop ({TINY})", loop["raw loop"] / loop["lmlab train"], 0.95)]
     for preset, best in results["precision"].items():
-        ratio = best["fp32"]["wall_s"] / best["bf16"]["wall_s"]
         chosen, why = results["auto"][preset]
+        ratio = best["fp32"]["wall_s"] / best["bf16"]["wall_s"] if "bf16" in best else None
         rows.append(row(f"bf16 vs fp32 step, {preset} recipe", ratio, 1.0 if chosen == "bf16" else None,
-                        f"auto chooses {chosen} ({why})"))
+                        f"auto chooses {chosen} ({why})" + ("" if ratio else "; bf16 not timed: " + NO_FAST_BF16)))
     if "compile" in results:
         compile_time = results["compile_first_step_s"]["compiled"] - results["compile_first_step_s"]["eager"]
         rows.append(row(f"--compile vs eager step ({TINY})",
@@ -154,6 +154,8 @@ def table_rows(results: dict) -> list[dict]:
     rows.append(row(f"2 vs 1 torch threads ({TINY} step, load {results['machine']['load_average']:.1f})",
                     results["threads"][1]["wall_s"] / results["threads"][2]["wall_s"], None,
                     "default: idle physical cores (lmlab.hardware)"))
+    if not results["auto_loss"]:
+        rows.append(skipped_bf16(f"fp32 / bf16 val loss, {TINY} recipe", 0.99))
     for preset, r in results["auto_loss"].items():
         rows.append(row(f"fp32 / bf16 val loss, {preset} recipe, {r['steps']} steps", r["fp32"] / r["bf16"], 0.99,
                         f"fp32 {r['fp32']:.4f}, bf16 {r['bf16']:.4f}"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import best_of, machine, machine_line, matmul_peak, print_table, row
+from common import best_of, machine, machine_line, matmul_peak, print_table, row, skipped_bf16, timed_precisions
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from lmlab import LMLabForCausalLM, preset_config
@@ -95,7 +95,7 @@ def compare(name: str, config, reference: torch.nn.Module, loss_fn, shape, round
     """Tokens/s of lmlab's and the reference's step in fp32 and bf16 (interleaved, best of rounds)."""
     batch = torch.randint(0, config.vocab_size, shape, generator=torch.Generator().manual_seed(0))
     results = {}
-    for precision in ("fp32", "bf16"):
+    for precision in timed_precisions():
         torch.manual_seed(0)
         model, ours = lmlab_step(config, batch, precision)
         theirs = reference_step(reference, loss_fn, batch, precision)
@@ -115,7 +115,8 @@ def compare(name: str, config, reference: torch.nn.Module, loss_fn, shape, round
 
 def measure(quick: bool, rounds: int) -> dict:
     shape = QUICK if quick else FULL
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {precision: matmul_peak(dtypes[precision]) for precision in timed_precisions()}
     ngen4 = preset_config("ngen4-50m", **NO_DROPOUT)
     n4 = preset_config("n4-127m", **N4_SHAPE)
     torch.manual_seed(0)
@@ -125,7 +126,7 @@ def measure(quick: bool, rounds: int) -> dict:
                                                   n4.num_attention_heads, n4.num_hidden_layers),
                       n4_official_loss, shape, rounds),
     }
-    for precision in ("fp32", "bf16"):
+    for precision in timed_precisions():
         r = results["ngen4-50m"][precision]
         r["lmlab_mfu"] = 6 * r["parameters"] * r["lmlab_tokens_per_s"] / peaks[precision]
         r["reference_mfu"] = 6 * r["parameters"] * r["reference_tokens_per_s"] / peaks[precision]
@@ -139,17 +140,20 @@ def table_rows(measured: dict) -> list[dict]:
     rows = []
     for key, label in (("ngen4-50m", "ngen4-50m vs HF GPT-NeoX"), ("n4", "N4 d512/L8 vs official N4")):
         for precision in ("fp32", "bf16"):
-            r = measured["results"][key][precision]
-            rows.append(row(f"{label}, {precision} ({size})", r["ratio"], TARGETS[key],
-                            f"CPU-time ratio {r['cpu_time_ratio']:.2f}"))
+            name = f"{label}, {precision} ({size})"
+            r = measured["results"][key].get(precision)
+            rows.append(skipped_bf16(name, TARGETS[key]) if r is None else
+                        row(name, r["ratio"], TARGETS[key], f"CPU-time ratio {r['cpu_time_ratio']:.2f}"))
+    fp32 = measured["results"]["ngen4-50m"]["fp32"]
+    if "bf16" not in measured["results"]["ngen4-50m"]:
+        return rows + [skipped_bf16(f"ngen4-50m bf16 MFU ({size})", MFU_TARGET)]
     for key, label in (("ngen4-50m", "ngen4-50m"), ("n4", "N4 d512/L8")):
         r = measured["results"][key]
         rows.append(row(f"{label} bf16 vs fp32 step, lmlab ({size}; auto chooses bf16 here)",
                         r["bf16"]["lmlab_tokens_per_s"] / r["fp32"]["lmlab_tokens_per_s"], 1.0))
     bf16 = measured["results"]["ngen4-50m"]["bf16"]
     rows.append(row(f"ngen4-50m bf16 MFU ({size})", bf16["lmlab_mfu"], MFU_TARGET,
-                    f"GPT-NeoX: {bf16['reference_mfu']:.3f}; fp32 MFU "
-                    f"{measured['results']['ngen4-50m']['fp32']['lmlab_mfu']:.3f}"))
+                    f"GPT-NeoX: {bf16['reference_mfu']:.3f}; fp32 MFU {fp32['lmlab_mfu']:.3f}"))
     return rows
 
 
