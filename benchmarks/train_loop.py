@@ -66,8 +66,8 @@ def raw_loop_seconds(model_config, config, steps: int) -> float:
     """Seconds per step, after the first two, of the plain loop a user would write."""
     torch.manual_seed(config.seed)
     model = LMLabForCausalLM(model_config).train()
-    (optimizer,) = build_optimizers(model, config.optimizer)
-    precision = resolve_precision(config.precision, torch.device("cpu"))[0]
+    optimizers = build_optimizers(model, config.optimizer)  # Muon recipes: Muon and AdamW
+    precision = resolve_precision(config.precision, torch.device("cpu"), model_config.hidden_size)[0]
     data = torch.randint(0, model_config.vocab_size, (steps, config.batch_size, config.seq_len))
     for step in range(steps):
         if step == 2:
@@ -76,8 +76,9 @@ def raw_loop_seconds(model_config, config, steps: int) -> float:
             loss = model(input_ids=data[step], labels=data[step]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     return (time.perf_counter() - start) / (steps - 2)
 
 
@@ -86,7 +87,8 @@ def step_variants(preset: str, variants: dict, vocab: int = 256) -> dict:
     functions = {}
     for name, options in variants.items():
         config = config_from_recipe(preset, {"tokenizer": "bytes", **options})
-        config.precision = resolve_precision(config.precision, torch.device("cpu"))[0]
+        width = preset_config(preset).hidden_size
+        config.precision = resolve_precision(config.precision, torch.device("cpu"), width)[0]
         torch.manual_seed(0)
         model = LMLabForCausalLM(preset_config(preset, vocab_size=vocab, bos_token_id=None, eos_token_id=None,
                                                pad_token_id=None)).train()
@@ -145,7 +147,7 @@ def table_rows(results: dict) -> list[dict]:
         chosen, why = results["auto"][preset]
         ratio = best["fp32"]["wall_s"] / best["bf16"]["wall_s"] if "bf16" in best else None
         rows.append(row(f"bf16 vs fp32 step, {preset} recipe", ratio, 1.0 if chosen == "bf16" else None,
-                        f"auto chooses {chosen} ({why})" + ("" if ratio else "; bf16 not timed: " + NO_FAST_BF16)))
+                        f"auto chooses {chosen} ({why})" + ("" if ratio else "; bf16 " + NO_FAST_BF16)))
     if "compile" in results:
         compile_time = results["compile_first_step_s"]["compiled"] - results["compile_first_step_s"]["eager"]
         rows.append(row(f"--compile vs eager step ({TINY})",
