@@ -1,5 +1,6 @@
-"""Batched decoding with pre-packed CPU weights (lmlab.generation.packed): the plain layer's outputs, the same logits
-as recomputation, never a stale pack, the model left as it was."""
+"""Cached decoding with pre-packed CPU weights (lmlab.generation.packed): oneDNN packs for several rows, transposed
+copies for one; the plain layer's outputs, the same logits as recomputation, never a stale pack, the model left as it
+was."""
 
 import pytest
 import torch
@@ -22,24 +23,52 @@ pytestmark = pytest.mark.skipif(not packing.packing_available(), reason="this to
 
 
 @pytest.fixture
-def pack_everything(monkeypatch):
-    """Pack every Linear, however small (tiny models have no weight above the size threshold)."""
+def one_row_decisions(monkeypatch):
+    """A fresh table of one-row layout decisions (they are kept per process)."""
+    monkeypatch.setattr(packing, "_ONE_ROW_TRANSPOSED", {})
+
+
+@pytest.fixture
+def pack_everything(monkeypatch, one_row_decisions):
+    """Pack every Linear, however small (tiny models have no weight above the size threshold), and give one-row
+    calls the transposed copy whatever the timing says."""
     monkeypatch.setattr(packing, "PACK_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(packing, "ONE_ROW_MIN_GAIN", 0.0)
 
 
+@pytest.mark.parametrize("one_row_transposed", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 1, 48), (2, 1, 48), (8, 1, 48), (13, 48), (3, 5, 48)])
-def test_packed_linear_equals_the_plain_layer(shape, bias):
+@pytest.mark.parametrize("shape", [(1, 1, 48), (48,), (2, 1, 48), (8, 1, 48), (13, 48), (3, 5, 48)])
+def test_packed_linear_equals_the_plain_layer(shape, bias, one_row_transposed, one_row_decisions, monkeypatch):
+    monkeypatch.setattr(packing, "ONE_ROW_MIN_GAIN", 0.0 if one_row_transposed else float("inf"))
     torch.manual_seed(0)
     linear = nn.Linear(48, 96, bias=bias)
     x = torch.randn(shape)
-    out = PackedLinear(linear)(x)
+    layer = PackedLinear(linear)
+    out = layer(x)
     expected = F.linear(x, linear.weight, linear.bias)
     assert out.shape == expected.shape
-    if x.numel() == x.shape[-1]:
-        assert torch.equal(out, expected)  # one row: the plain kernel itself
+    if x.numel() == x.shape[-1] and not one_row_transposed:
+        assert layer.one_row is None and torch.equal(out, expected)  # one row: the plain kernel itself
     else:
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    if x.numel() == x.shape[-1] and one_row_transposed:
+        assert layer.one_row.shape == (48, 96) and layer.one_row.is_contiguous()
+
+
+def test_the_one_row_layout_is_timed_once_per_shape(one_row_decisions, monkeypatch):
+    timings = []
+
+    def fake_seconds(fn, repeats=3):
+        timings.append(fn)
+        return 1.0 if len(timings) % 2 else 0.5  # plain 1.0 s, transposed 0.5 s: the copy wins
+    monkeypatch.setattr(packing, "_best_seconds", fake_seconds)
+    first, second, other = torch.randn(96, 48), torch.randn(96, 48), torch.randn(48, 96)
+    assert torch.equal(packing.one_row_layout(first), first.t())
+    assert torch.equal(packing.one_row_layout(second), second.t())  # same shape: decided already
+    assert len(timings) == 2
+    monkeypatch.setattr(packing, "ONE_ROW_MIN_GAIN", 3.0)  # 2× faster is not enough now, for a new shape
+    assert packing.one_row_layout(other) is None and len(timings) == 4
 
 
 def test_only_large_plain_fp32_cpu_linears_are_packed():
@@ -54,23 +83,26 @@ def test_only_large_plain_fp32_cpu_linears_are_packed():
     assert packable_linears(layers) == [layers[0]]
 
 
+@pytest.mark.parametrize("lengths", [(9, 4, 6), (7,)])  # padded rows; one row
 @pytest.mark.parametrize("preset", ["ngen4-tiny", "n4-tiny"])
-def test_batched_decoding_with_packed_weights_equals_recomputation(preset, pack_everything):
+def test_cached_decoding_with_packed_weights_equals_recomputation(preset, lengths, pack_everything):
     model = tiny_model(preset)
     randomise_parameters(model)
-    prompts, path = random_prompts((9, 4, 6), seed=3), random_path(3, 10, seed=4)  # padded rows
+    prompts, path = random_prompts(lengths, seed=3), random_path(len(lengths), 10, seed=4)
     assert packable_linears(model)
     cached = engine_logits(model, prompts, path)
-    assert all(packing.packed(linear).packed is not None for linear in packable_linears(model))  # it did pack
+    kept = "packed" if len(lengths) > 1 else "one_row"
+    assert all(getattr(packing.packed(linear), kept) is not None for linear in packable_linears(model))  # it did
     assert_logits_close(cached, full_forward_logits(model, prompts, path))
     assert all("forward" not in linear.__dict__ for linear in model.modules())  # the model is left as it was
 
 
-def test_weights_changed_after_packing_are_repacked(pack_everything):
+@pytest.mark.parametrize("lengths", [(5, 7), (6,)])
+def test_weights_changed_after_packing_are_repacked(lengths, pack_everything):
     """A pack is a copy: an in-place update (an optimizer step) must be seen by the next generation."""
     model = tiny_model("ngen4-tiny")
     randomise_parameters(model)
-    prompts, path = random_prompts((5, 7), seed=5), random_path(2, 6, seed=6)
+    prompts, path = random_prompts(lengths, seed=5), random_path(len(lengths), 6, seed=6)
     before = engine_logits(model, prompts, path)
     randomise_parameters(model, seed=1, scale=3.0)
     after = engine_logits(model, prompts, path)

@@ -12,8 +12,8 @@ allocated once for the whole run and each step passes a view of it.
 Layers:
 - `BatchDecoder`: token ids in, one new token per active row per step out (`use_cache=False` recomputes the whole
   sequence every step: the reference that cached decoding must equal; `compile=True` runs the one-token steps
-  through a compiled forward, see lmlab.generation.compiled; otherwise a batch of several rows decodes with its
-  large CPU weights pre-packed, see lmlab.generation.packed);
+  through a compiled forward, see lmlab.generation.compiled; otherwise the large CPU weights are pre-packed for
+  several rows, or transposed for one where that multiplies faster, see lmlab.generation.packed);
 - `Generator`: text in, text out, with streaming (pieces that never split a character) and stop strings.
 """
 
@@ -153,7 +153,7 @@ class BatchDecoder:
             model.check_positions_up_to(width + max(options.max_new_tokens - 2, -1))
             cache.reserve(width + options.max_new_tokens)  # no buffer grows inside the compiled step
             decode_step = compiled_decode_step(model)
-        elif self.use_cache and batch > 1:
+        elif self.use_cache:
             decode_step = packed_step(model)
         for step in range(options.max_new_tokens):
             with torch.inference_mode():

@@ -1,4 +1,5 @@
-"""Pre-packed fp32 weights for the engine's batched decoding on a CPU (oneDNN).
+"""Pre-packed fp32 weights for the engine's cached decoding on a CPU (oneDNN for several rows, a transposed copy for
+one).
 
 A decoding step multiplies a few rows (one token per sequence) by every weight matrix, so it is bound by reading the
 weights. PyTorch's fp32 `linear` hands each weight as stored to MKL's GEMM, which reads it at the memory bandwidth
@@ -7,12 +8,19 @@ a weight reordered once into its kernel's blocked layout (`mkldnn._reorder_linea
 frozen fp32 weights) closes most of that gap. Measured on a 2-core Xeon (AVX-512, AMX), one thread, 8 rows, plain /
 packed time: 8192 × 256 2.0×, 2048 × 512 1.9×, 512 × 2048 1.7×, 50257 × 512 2.7× (ngen4-50m's step 1.5× faster);
 but 256 × 256 0.5×, 1024 × 256 0.8×, 512 × 512 0.7× (weights that stay in the cache are read fast either way, and
-oneDNN's call costs more). So only weights of `PACK_MIN_WEIGHTS` elements or more are packed. For one row the plain
-kernel is already as fast, so a single-row call keeps it.
+oneDNN's call costs more). So only weights of `PACK_MIN_WEIGHTS` elements or more are packed.
 
-Each such Linear is packed at its first call with two rows or more, so single-sequence decoding holds no pack. A
-pack is a second copy of the weight (for a tied head, of the embedding), kept while the weight is unchanged (its
-address and in-place version: lmlab.generation.compiled's weights_fingerprint). Outputs equal the plain layer's up
+For one row, oneDNN's pack gains nothing, but the layout of the weight can: on a 2-core AMD EPYC (AVX2), one thread,
+x @ Wᵀ with Wᵀ stored contiguous (in × out) ran 1.5–2.5× faster than `linear` on W (out × in) for tall matrices
+beyond the cache (8192 × 256 2.5×, 4096 × 512 1.7–2.3×, 32768 × 512 1.4–1.6×, 151665 × 512 1.7×: a vocabulary
+head), and no faster or slower for 2048 × 512 or 512 × 2048. Other CPUs differ, so the first one-row call of each
+weight shape times both layouts on the weight itself and keeps the transposed copy only where it is at least
+`ONE_ROW_MIN_GAIN` times faster (`one_row_layout`; a decision per shape and thread count, for the process).
+
+Each such Linear is packed at its first call with two rows or more, and given its one-row copy at its first call with
+one row, so each path holds only what it used. A pack or copy is a second copy of the weight (for a tied head, of the
+embedding), kept while the weight is unchanged (its address and in-place version: lmlab.generation.compiled's
+weights_fingerprint). Outputs equal the plain layer's up
 to fp32 rounding: the same products, summed in another order. Packs are kept rather than made per generation
 because packing costs time (ngen4-50m: ~0.2 s, 8% of a 64-token batch-8 generation) and memory while they live (its
 tied head and 16 block matrices: ~170 MB until the model is dropped or the next generation repacks changed weights).
@@ -20,15 +28,19 @@ tied head and 16 block matrices: ~170 MB until the model is dropped or the next 
 
 from __future__ import annotations
 
+import time
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmlab.generation.compiled import weights_fingerprint
 
 PACK_ROWS = 8  # the row count oneDNN lays a pack out for; calls with any count of rows may use it
 PACK_MIN_WEIGHTS = 1 << 20  # 4 MiB of fp32: smaller weights decode faster unpacked (module docstring)
+ONE_ROW_MIN_GAIN = 1.25  # keep a transposed one-row copy only where it is clearly faster
+_ONE_ROW_TRANSPOSED: dict[tuple, bool] = {}  # (out, in, threads) -> the transposed layout was the faster
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Linear -> its PackedLinear
 
 
@@ -36,23 +48,57 @@ def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _best_seconds(fn, repeats: int = 3) -> float:
+    fn()  # warm: first touch of the weight's pages, kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def one_row_layout(weight: torch.Tensor) -> torch.Tensor | None:
+    """Wᵀ stored contiguous (in × out) when one row multiplies faster by it than `linear` by W here, else None.
+
+    Decided once per (shape, torch threads) by timing both on this weight (module docstring)."""
+    key = (*weight.shape, torch.get_num_threads())
+    transposed = weight.detach().t().contiguous() if _ONE_ROW_TRANSPOSED.get(key, True) else None
+    if key not in _ONE_ROW_TRANSPOSED:
+        x = torch.randn(1, weight.shape[1], dtype=weight.dtype)
+        plain = _best_seconds(lambda: F.linear(x, weight))
+        _ONE_ROW_TRANSPOSED[key] = plain >= ONE_ROW_MIN_GAIN * _best_seconds(lambda: torch.mm(x, transposed))
+    return transposed if _ONE_ROW_TRANSPOSED[key] else None
+
+
 class PackedLinear:
-    """`linear`'s x·Wᵀ + b: through the packed weight for two rows or more (packed at the first such call), through
-    the plain kernel for one row."""
+    """`linear`'s x·Wᵀ + b: through the packed weight for two rows or more (packed at the first such call); for one
+    row through a transposed copy where that is faster here (`one_row_layout`), else the plain kernel."""
 
     def __init__(self, linear: nn.Linear):
         self.linear = linear
         self.version = weights_fingerprint(linear)
         self.packed = None
+        self.one_row: torch.Tensor | None = None  # Wᵀ contiguous where one_row_layout chose it
+        self.one_row_decided = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.linear.weight, self.linear.bias
         rows = x.numel() // x.shape[-1]
         if rows == 1:
-            return torch.nn.functional.linear(x, weight, bias)
+            return self._one_row(x, weight, bias)
         if self.packed is None:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), self.packed, bias, "none", [], "")
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    def _one_row(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not self.one_row_decided:
+            self.one_row, self.one_row_decided = one_row_layout(weight), True
+        if self.one_row is None:
+            return F.linear(x, weight, bias)
+        row = x.reshape(1, x.shape[-1])
+        y = torch.mm(row, self.one_row) if bias is None else torch.addmm(bias, row, self.one_row)
         return y.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -99,5 +145,5 @@ def packed_step(model: nn.Module):
     return PackedStep(model, linears) if linears else model
 
 
-__all__ = ["PACK_MIN_WEIGHTS", "PACK_ROWS", "PackedLinear", "PackedStep", "packable_linears", "packed", "packed_step",
-           "packing_available"]
+__all__ = ["ONE_ROW_MIN_GAIN", "PACK_MIN_WEIGHTS", "PACK_ROWS", "PackedLinear", "PackedStep", "one_row_layout",
+           "packable_linears", "packed", "packed_step", "packing_available"]
