@@ -68,6 +68,31 @@ def best_of(rounds: int, variants: dict) -> dict:
     return best
 
 
+GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"})
+
+
+def gemm_share(step) -> float:
+    """The fraction of one call of `step` (already warmed up) that torch's profiler finds in matrix multiplications
+    (self CPU time of mm/addmm/bmm/baddbmm over all self CPU time).
+
+    With the reference's share s, code that computes the same products no faster than the reference can be at most
+    1 / s times as fast as it. On a CPU whose matmuls are slow against its memory (fp32 on AVX2, say) both steps are
+    mostly GEMMs; a target above that bound needs faster or fewer matmuls, not leaner code around them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / total
+
+
+def gemm_note(reference_share: float, lmlab_share: float, reference: str) -> str:
+    """A row's note on where the time goes: each side's GEMM share, and the ratio's bound at equal GEMM speed."""
+    return (f"GEMMs {reference_share:.0%} of the {reference}'s step, {lmlab_share:.0%} of lmlab's: at equal GEMM "
+            f"speed the ratio is at most {1 / reference_share:.2f}×")
+
+
 def row(name: str, ratio: float | None, target: float | None, note: str = "") -> dict:
     met = None if ratio is None or target is None else ratio >= target
     return {"name": name, "ratio": None if ratio is None else round(ratio, 3), "target": target, "met": met,

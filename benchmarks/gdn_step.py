@@ -12,7 +12,8 @@ Sections (`--sections`, default all):
            (d 512, 12 layers with full attention at 4, 8, 12, 8 heads / 2 KV heads of 64, linear attention 8 key /
            16 value heads of 32, dense MLP 1024, vocabulary 151,665, tied), both with the AdamW this tree builds;
            plus `lmlab_baseline` (the baseline commit's kernel and torch's per-parameter AdamW loop). fp32 and bf16
-           autocast, --batch × --seq-len tokens, variants interleaved in each round, best of --rounds.
+           autocast, --batch × --seq-len tokens, variants interleaved in each round, best of --rounds; and the
+           share of lmlab's and HF's step spent in GEMMs (common.gemm_share).
   optim    one optimizer step over neollm-110m's parameters: AdamW as torch's per-parameter loop (torch's CPU
            default), foreach and fused (what build_optimizers picks here); AdEMAMix (the NeoLLM recipe) of the
            baseline commit and of this tree.
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import best_of, machine, row, skipped_bf16, timed_precisions
+from common import best_of, gemm_note, gemm_share, machine, row, skipped_bf16, timed_precisions
 
 from lmlab import LMLabForCausalLM, preset_config
 from lmlab.hardware import keep_freed_memory, set_threads
@@ -230,6 +231,9 @@ def model_section(args, baseline, names=("lmlab", "lmlab_baseline", "hf_qwen3_ne
                **{name: {**t, "tokens_per_s": round(tokens / t["wall_s"])} for name, t in times.items()},
                "lmlab_speedup_vs_hf": times["hf_qwen3_next"]["wall_s"] / times["lmlab"]["wall_s"],
                "cpu_time_ratio_vs_hf": times["hf_qwen3_next"]["cpu_s"] / times["lmlab"]["cpu_s"]}
+        if "hf_qwen3_next" in variants:
+            row["hf_gemm_share"] = gemm_share(variants["hf_qwen3_next"])
+            row["lmlab_gemm_share"] = gemm_share(variants["lmlab"])
         if "lmlab_baseline" in times:
             row["lmlab_speedup_vs_baseline"] = times["lmlab_baseline"]["wall_s"] / times["lmlab"]["wall_s"]
         results.append(row)
@@ -314,7 +318,8 @@ def rows(quick: bool) -> list[dict]:
                               threads=torch.get_num_threads(), memory_batch=8)
     size = f"B {batch}, T {seq_len}" + (f"; quick size, full: B {FULL_SHAPE[0]}, T {FULL_SHAPE[1]}" if quick else "")
     found = [row(f"neollm-110m vs HF Qwen3-Next, {r['precision']} ({size})", r["lmlab_speedup_vs_hf"], SPEED_TARGET,
-                 f"CPU-time ratio {r['cpu_time_ratio_vs_hf']:.2f}; dropout off on both")
+                 f"CPU-time ratio {r['cpu_time_ratio_vs_hf']:.2f}; dropout off on both; "
+                 + gemm_note(r["hf_gemm_share"], r["lmlab_gemm_share"], "HF model"))
              for r in model_section(args, None, names=("lmlab", "hf_qwen3_next"))]
     memory_row = f"neollm-110m bf16 training peak RSS ≤ {MEMORY_TARGET:g} GiB (B 8, T 512; ratio = " \
                  f"{MEMORY_TARGET:g} GiB / peak)"

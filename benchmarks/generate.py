@@ -34,7 +34,9 @@ Prints one JSON document (and one line per preset on stderr as it goes).
 - eager / compiled engine over HF `generate()` at batch 1 and 8, 64 new tokens, on ngen4 (quick: ngen4-tiny at the
   `small` size; full: ngen4-50m), against (a) `hf_twin`, transformers' GPT-NeoX of the same shape and wiring
   (sequential residual, full rotary, gelu_new, LayerNorm, tied head; random weights) running its own generate(),
-  and (b) generate() on the lmlab model itself (through LMLabCache) — targets 1.5× eager, 2.5× compiled;
+  and (b) generate() on the lmlab model itself (through LMLabCache) — targets 1.5× eager, 2.5× compiled; each row's
+  note gives the bound of that ratio: HF's time per token over one pass of the batch through every weight matrix
+  (`weights_pass_seconds`), the work any decoder does per token;
 - compile seconds of a tiny model (ngen4-tiny as it is, batch 1), in a child process with an empty inductor cache
   (cold: what the first use on a machine pays, C++ kernels built) and again with that cache filled (warm: a later
   process), wall and CPU seconds including the compiler's processes — target ≤ 30 s;
@@ -240,6 +242,23 @@ def against_hf(quick: bool, rounds: int) -> dict:
     return result
 
 
+def weights_pass_seconds(model: torch.nn.Module, batch: int, repeats: int = 5) -> float:
+    """Best-of-`repeats` seconds of multiplying a (batch × in) input by every distinct matrix parameter of `model` in
+    turn (a tied head counted once), each in the faster of its two layouts (W as stored or Wᵀ contiguous, timed
+    alone): the floor under one decoding step, which must read each weight once. Passes run over all the matrices,
+    so a model larger than the cache is read from memory, as in decoding. The embedding matrix counts as read in
+    full, which a tied head does."""
+    products = []
+    for weight in {id(p): p.detach() for p in model.parameters() if p.dim() == 2}.values():
+        x, layouts = torch.randn(batch, weight.shape[1]), (weight.T, weight.t().contiguous())
+        products.append((x, min(layouts, key=lambda w: min(timed(torch.mm, x, w)[0] for _ in range(3)))))
+
+    def one_pass():
+        for x, w in products:
+            torch.mm(x, w)
+    return min(timed(one_pass)[0] for _ in range(repeats + 1))
+
+
 def batch_times(model, twin, prompt: torch.Tensor, rounds: int) -> dict:
     rows = prompt.tolist()
     start = time.perf_counter()
@@ -249,7 +268,7 @@ def batch_times(model, twin, prompt: torch.Tensor, rounds: int) -> dict:
                                "compiled": lambda: engine_run(model, rows, NEW_TOKENS, compile=True),
                                "hf_on_lmlab": lambda: hf_generate(model, prompt, NEW_TOKENS),
                                "hf_twin": lambda: hf_generate(twin, prompt, NEW_TOKENS)}),
-            "first_compiled_s": first_compiled_s}
+            "first_compiled_s": first_compiled_s, "weights_pass_s": weights_pass_seconds(model, len(rows))}
 
 
 COMPILE_CHILD = """
@@ -316,12 +335,16 @@ def target_rows(measured: dict) -> list[dict]:
     rows = []
     for engine in ("eager", "compiled"):
         for batch in (1, 8):
-            best = {name: times["wall_s"] for name, times in hf[f"b{batch}"].items() if name != "first_compiled_s"}
+            timing = hf[f"b{batch}"]
+            best = {name: times["wall_s"] for name, times in timing.items() if isinstance(times, dict)}
+            floor_ms = timing["weights_pass_s"] * 1e3
             for baseline, what in (("hf_twin", "HF GPT-NeoX twin generate()"),
                                    ("hf_on_lmlab", "HF generate() on the lmlab model")):
                 rows.append(row(f"decode {engine} vs {what}, b{batch}", best[baseline] / best[engine],
                                 TARGETS[engine], f"{hf['model']}, {NEW_TOKENS} new tokens, {engine} "
-                                                 f"{best[engine] / NEW_TOKENS * 1e3:.2f} ms/token"))
+                                f"{best[engine] / NEW_TOKENS * 1e3:.2f} ms/token; bound "
+                                f"{best[baseline] / NEW_TOKENS * 1e3 / floor_ms:.2f}× (one pass over the weights: "
+                                f"{floor_ms:.2f} ms)"))
     for state, times in measured["compile"].items():
         rows.append(row(f"compile ngen4-tiny, {state} inductor cache (30 s / wall s)",
                         TARGETS["compile_s"] / times["wall_s"], 1.0,

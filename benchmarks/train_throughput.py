@@ -22,7 +22,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import best_of, machine, machine_line, matmul_peak, print_table, row, skipped_bf16, timed_precisions
+from common import (
+    best_of,
+    gemm_note,
+    gemm_share,
+    machine,
+    machine_line,
+    matmul_peak,
+    print_table,
+    row,
+    skipped_bf16,
+    timed_precisions,
+)
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from lmlab import LMLabForCausalLM, preset_config
@@ -92,7 +103,8 @@ def n4_official_loss(model, batch):
 
 
 def compare(name: str, config, reference: torch.nn.Module, loss_fn, shape, rounds: int) -> dict:
-    """Tokens/s of lmlab's and the reference's step in fp32 and bf16 (interleaved, best of rounds)."""
+    """Tokens/s of lmlab's and the reference's step in fp32 and bf16 (interleaved, best of rounds), and the share of
+    each step spent in GEMMs (common.gemm_share)."""
     batch = torch.randint(0, config.vocab_size, shape, generator=torch.Generator().manual_seed(0))
     results = {}
     for precision in timed_precisions():
@@ -108,7 +120,8 @@ def compare(name: str, config, reference: torch.nn.Module, loss_fn, shape, round
             "reference_tokens_per_s": tokens / best["reference"]["wall_s"],
             "ratio": best["reference"]["wall_s"] / best["lmlab"]["wall_s"],
             "cpu_time_ratio": best["reference"]["cpu_s"] / best["lmlab"]["cpu_s"],
-            "parameters": count_parameters(model)}
+            "reference_gemm_share": gemm_share(theirs),
+            "lmlab_gemm_share": gemm_share(ours), "parameters": count_parameters(model)}
         print(f"{name} {precision}: {json.dumps(results[precision])}", file=sys.stderr, flush=True)
     return results
 
@@ -143,7 +156,8 @@ def table_rows(measured: dict) -> list[dict]:
             name = f"{label}, {precision} ({size})"
             r = measured["results"][key].get(precision)
             rows.append(skipped_bf16(name, TARGETS[key]) if r is None else
-                        row(name, r["ratio"], TARGETS[key], f"CPU-time ratio {r['cpu_time_ratio']:.2f}"))
+                        row(name, r["ratio"], TARGETS[key], f"CPU-time ratio {r['cpu_time_ratio']:.2f}; "
+                            + gemm_note(r["reference_gemm_share"], r["lmlab_gemm_share"], "reference")))
     fp32 = measured["results"]["ngen4-50m"]["fp32"]
     if "bf16" not in measured["results"]["ngen4-50m"]:
         return rows + [skipped_bf16(f"ngen4-50m bf16 MFU ({size})", MFU_TARGET)]
