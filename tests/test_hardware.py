@@ -3,13 +3,19 @@ the trainer's loss-only forward against the plain one."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
 from conftest import TINY_VOCAB, randomise_parameters, tiny_model
 from lmlab import hardware
 from lmlab.cli import build_parser, main
-from lmlab.hardware import bf16_is_fast, default_threads, physical_cores, read_cpuinfo
+from lmlab.hardware import bf16_is_fast, busy_cores_elsewhere, cpu_times, default_threads, physical_cores, read_cpuinfo
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Environment
 from lmlab.train.schedules import build_schedule
@@ -74,11 +80,36 @@ def test_threads_default_counts_idle_physical_cores():
     cpu = read_cpuinfo(CPUINFO.format(extra=""))
     assert physical_cores({0, 1, 2}, cpu) == 2  # CPUs 0 and 1 are one core's hyper-threads
     assert physical_cores({0, 1}, cpu) == 1
-    assert default_threads(cores=8, quota=None, load=0.0) == 8
-    assert default_threads(cores=8, quota=2.5, load=0.0) == 2  # the cgroup quota caps it
-    assert default_threads(cores=2, quota=None, load=1.2) == 1  # another process keeps a core busy
-    assert default_threads(cores=2, quota=None, load=7.0) == 1  # never below one
-    assert default_threads(cores=8, quota=None, load=0.0, processes=4) == 2  # torchrun's processes share them
+    assert default_threads(cores=8, quota=None, busy=0.0) == 8
+    assert default_threads(cores=8, quota=2.5, busy=0.0) == 2  # the cgroup quota caps it
+    assert default_threads(cores=2, quota=None, busy=1.2) == 1  # another process keeps a core busy
+    assert default_threads(cores=2, quota=None, busy=0.3) == 2  # a little background work does not
+    assert default_threads(cores=2, quota=None, busy=7.0) == 1  # never below one
+    assert default_threads(cores=8, quota=None, busy=0.0, processes=4) == 2  # torchrun's processes share them
+
+
+def test_cpu_times_sum_the_allowed_cpus_busy_and_all_ticks():
+    stat = ("cpu  300 0 30 900 10 0 0 0 0 0\n"
+            "cpu0 100 0 10 300 5 0 0 0 0 0\n"
+            "cpu1 200 0 20 600 5 1 2 3 0 0\n"
+            "intr 12345 0 0\n")
+    assert cpu_times(stat, {0}) == (110, 415)  # user + system; idle and iowait are not busy
+    assert cpu_times(stat, {1}) == (226, 831)  # irq, softirq and steal are
+    assert cpu_times(stat, {0, 1}) == (336, 1246)  # the all-CPU line is not counted twice
+    assert cpu_times(stat, {7}) == (0, 0)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
+def test_busy_cores_elsewhere_sees_a_spinning_process():
+    cpus = os.sched_getaffinity(0)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = busy_cores_elsewhere(cpus, seconds=0.3)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and busy >= 0.3  # about one core, less what other work leaves it
 
 
 def test_threads_option_on_every_verb_and_applied_first(monkeypatch):

@@ -6,9 +6,12 @@ AVX512_BF16: 2.2–2.9×) and on CUDA GPUs that support it; on an AVX2-only CPU 
 (up to ~150× for reductions over a large vocabulary), so there fp32 is the choice.
 
 Threads: the default is the physical cores this process may run on (CPU affinity, capped by a cgroup CPU quota),
-less the cores other processes keep busy (the 1-minute load average), shared among the processes of one torchrun
-launch, and at least 1. On a shared 2-core machine running other jobs, two torch threads made a small model's
-training step 1.2–3× slower than one (benchmarks/train_throughput.py --threads-check).
+less the cores other processes keep busy now (their share of /proc/stat's CPU time over a fifth of a second; the
+1-minute load average where /proc/stat cannot be read), shared among the processes of one torchrun launch, and at
+least 1. On a shared 2-core machine running other jobs, two torch threads made a small model's training step 1.2–3×
+slower than one (benchmarks/train_throughput.py --threads-check). The load average alone misjudges an idle machine
+for a minute after any work (a `pip install` just before `lmlab train` left it at 0.75, so the README's first run
+took 1 thread: 68 ms per step against 40 ms with 2, on a 2-core AMD EPYC).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import functools
 import math
 import os
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,21 +99,53 @@ def physical_cores(allowed: set[int], cpu: CpuInfo) -> int:
     return len({cpu.cores.get(i, ("?", str(i))) for i in allowed}) or 1
 
 
-def default_threads(cores: int, quota: float | None, load: float, processes: int = 1) -> int:
-    """Threads per process: the cores (capped by the quota) that other processes leave idle (load: their 1-minute
-    load average), shared among `processes`, at least 1."""
+def default_threads(cores: int, quota: float | None, busy: float, processes: int = 1) -> int:
+    """Threads per process: the cores (capped by the quota) that other processes leave idle (busy: the cores they
+    keep busy), shared among `processes`, at least 1."""
     usable = cores if quota is None else min(cores, max(1, math.floor(quota)))
-    idle = usable - round(load)
+    idle = usable - round(busy)
     return max(1, min(usable, idle) // max(1, processes))
 
 
+def cpu_times(stat_text: str, cpus: set[int]) -> tuple[int, int]:
+    """(busy, all) clock ticks of the logical CPUs `cpus`, summed from /proc/stat's per-CPU lines ("cpuN user nice
+    system idle iowait irq softirq steal ..."): busy is all less idle and iowait."""
+    busy = total = 0
+    for line in stat_text.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(f) for f in fields[:8]]
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def busy_cores_elsewhere(cpus: set[int], seconds: float = 0.2) -> float | None:
+    """The cores of `cpus` that other processes keep busy now: /proc/stat's busy ticks over `seconds`, less this
+    process's own CPU time, in cores; None where /proc/stat cannot be read."""
+    try:
+        before, own_before = cpu_times(Path("/proc/stat").read_text(), cpus), time.process_time()
+        time.sleep(seconds)
+        after, own_after = cpu_times(Path("/proc/stat").read_text(), cpus), time.process_time()
+    except OSError:
+        return None
+    elapsed_ticks = after[1] - before[1]
+    if elapsed_ticks <= 0:
+        return None
+    busy_share = (after[0] - before[0]) / elapsed_ticks  # of all the CPUs' time in the interval
+    own_cores = (own_after - own_before) / seconds
+    return max(0.0, busy_share * len(cpus) - own_cores)
+
+
 def threads_for_this_process() -> int:
-    """`default_threads` for this process: its CPU affinity, the cgroup quota, the load average now, and
-    LOCAL_WORLD_SIZE processes (set by torchrun)."""
+    """`default_threads` for this process: its CPU affinity, the cgroup quota, the cores other processes keep busy
+    now (`busy_cores_elsewhere`, else the 1-minute load average), and LOCAL_WORLD_SIZE processes (set by torchrun)."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = busy_cores_elsewhere(allowed)
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return default_threads(physical_cores(allowed, read_cpuinfo()), cgroup_cpu_limit(), load, processes)
+    return default_threads(physical_cores(allowed, read_cpuinfo()), cgroup_cpu_limit(), busy, processes)
 
 
 THREADS_VARIABLE = "LMLAB_THREADS"  # the default of --threads when set (tests pin it to 1)
@@ -144,6 +180,6 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-__all__ = ["BF16_CPU_FLAGS", "REPORTED_FLAGS", "THREADS_VARIABLE", "CpuInfo", "bf16_is_fast", "cgroup_cpu_limit",
-           "cpu_flags_now", "default_threads", "device_runs_bf16_fast", "keep_freed_memory", "physical_cores",
-           "read_cpuinfo", "set_threads", "threads_for_this_process"]
+__all__ = ["BF16_CPU_FLAGS", "REPORTED_FLAGS", "THREADS_VARIABLE", "CpuInfo", "bf16_is_fast", "busy_cores_elsewhere",
+           "cgroup_cpu_limit", "cpu_flags_now", "cpu_times", "default_threads", "device_runs_bf16_fast",
+           "keep_freed_memory", "physical_cores", "read_cpuinfo", "set_threads", "threads_for_this_process"]
