@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb_parser in subparsers.choices.values():
         verb_parser.add_argument("--threads", type=int, metavar="N",
                                  help="torch CPU threads (default: the physical cores this process may use that "
-                                      "other processes leave idle, by the load average; at least 1)")
+                                      "other processes leave idle now; at least 1)")
         verb_parser.add_argument("--debug", action="store_true",
                                  help=f"show the traceback of an unexpected error (also {DEBUG_ENV}=1)")
     return parser
