@@ -64,6 +64,7 @@ from common import best_of, machine, machine_line, print_table, row
 
 from lmlab import LMLabForCausalLM, list_presets, preset_config
 from lmlab.generation.engine import generate_tokens
+from lmlab.generation.packed import seconds_in_a_pass, weight_bytes
 from lmlab.generation.sampling import SamplingOptions
 from lmlab.hardware import keep_freed_memory, set_threads
 
@@ -244,14 +245,14 @@ def against_hf(quick: bool, rounds: int) -> dict:
 
 def weights_pass_seconds(model: torch.nn.Module, batch: int, repeats: int = 5) -> float:
     """Best-of-`repeats` seconds of multiplying a (batch × in) input by every distinct matrix parameter of `model` in
-    turn (a tied head counted once), each in the faster of its two layouts (W as stored or Wᵀ contiguous, timed
-    alone): the floor under one decoding step, which must read each weight once. Passes run over all the matrices,
-    so a model larger than the cache is read from memory, as in decoding. The embedding matrix counts as read in
-    full, which a tied head does."""
-    products = []
+    turn (a tied head counted once), each in the faster of its two layouts (W as stored or Wᵀ contiguous, timed as
+    the engine chooses them: lmlab.generation.packed.seconds_in_a_pass): the floor under one decoding step, which
+    must read each weight once. Passes run over all the matrices, so a model larger than the
+    cache is read from memory, as in decoding. The embedding matrix counts as read in full, which a tied head does."""
+    products, span = [], weight_bytes(model)
     for weight in {id(p): p.detach() for p in model.parameters() if p.dim() == 2}.values():
         x, layouts = torch.randn(batch, weight.shape[1]), (weight.T, weight.t().contiguous())
-        products.append((x, min(layouts, key=lambda w: min(timed(torch.mm, x, w)[0] for _ in range(3)))))
+        products.append((x, min(layouts, key=lambda w: seconds_in_a_pass(torch.mm, x, w, span))))
 
     def one_pass():
         for x, w in products:

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.skipif(not packing.packing_available(), reason="this to
 
 @pytest.fixture
 def one_row_decisions(monkeypatch):
-    """A fresh table of one-row layout decisions (they are kept per process)."""
+    """A fresh table of one-row layout decisions (they are kept per process), timed over at most 1 MiB of copies."""
     monkeypatch.setattr(packing, "_ONE_ROW_TRANSPOSED", {})
+    monkeypatch.setattr(packing, "COLD_BYTES", 1 << 20)
 
 
 @pytest.fixture
@@ -69,6 +70,29 @@ def test_the_one_row_layout_is_timed_once_per_shape(one_row_decisions, monkeypat
     assert len(timings) == 2
     monkeypatch.setattr(packing, "ONE_ROW_MIN_GAIN", 3.0)  # 2× faster is not enough now, for a new shape
     assert packing.one_row_layout(other) is None and len(timings) == 4
+
+
+def test_layouts_are_timed_as_a_pass_through_the_model_reads_them(monkeypatch):
+    weight = torch.randn(48, 10)  # 1,920 bytes: the weight and 5 copies make 11,520
+    copies = packing.copies_spanning(weight.T, 10_000)
+    assert len(copies) == 6 and copies[0].data_ptr() == weight.data_ptr()  # the weight itself first
+    assert len({c.untyped_storage().data_ptr() for c in copies}) == 6  # each read from its own memory
+    assert all(torch.equal(c, weight.T) and c.stride() == weight.T.stride() for c in copies)  # same layout
+    assert len(packing.copies_spanning(weight, 1_000)) == 1  # a span smaller than the weight: itself
+    calls = []
+    monkeypatch.setattr(packing, "_best_seconds", lambda fn: (fn(), 6.0)[1])
+    assert packing.seconds_in_a_pass(lambda x, w: calls.append(w), None, weight, 10_000) == 1.0  # per copy
+    assert len(calls) == 6
+    model = tiny_model("ngen4-tiny")
+    tied_once = {p.data_ptr(): p.numel() * 4 for p in model.parameters()}
+    assert packing.weight_bytes(model) == sum(tied_once.values())
+    monkeypatch.setattr(packing, "COLD_BYTES", 4_000)  # spans are capped, and decided per span
+    spans = []
+    monkeypatch.setattr(packing, "seconds_in_a_pass", lambda f, x, w, span: spans.append(span) or 1.0)
+    monkeypatch.setattr(packing, "_ONE_ROW_TRANSPOSED", {})
+    packing.one_row_layout(weight, 10_000)
+    packing.one_row_layout(weight, 2_000)
+    assert spans == [4_000, 4_000, 2_000, 2_000]
 
 
 def test_only_large_plain_fp32_cpu_linears_are_packed():

@@ -12,10 +12,14 @@ oneDNN's call costs more). So only weights of `PACK_MIN_WEIGHTS` elements or mor
 
 For one row, oneDNN's pack gains nothing, but the layout of the weight can: on a 2-core AMD EPYC (AVX2), one thread,
 x @ Wᵀ with Wᵀ stored contiguous (in × out) ran 1.5–2.5× faster than `linear` on W (out × in) for tall matrices
-beyond the cache (8192 × 256 2.5×, 4096 × 512 1.7–2.3×, 32768 × 512 1.4–1.6×, 151665 × 512 1.7×: a vocabulary
-head), and no faster or slower for 2048 × 512 or 512 × 2048. Other CPUs differ, so the first one-row call of each
-weight shape times both layouts on the weight itself and keeps the transposed copy only where it is at least
-`ONE_ROW_MIN_GAIN` times faster (`one_row_layout`; a decision per shape and thread count, for the process).
+read from memory (8192 × 256 1.75×, 2048 × 512 1.5×, 1024 × 256 1.5×, 50257 × 512 1.8×: a vocabulary head, an MLP's
+up-projection), and slower for wide ones (512 × 2048 0.73×, 256 × 1024 0.72×); read from the cache the gains differ
+(2048 × 512 1.25×, 1024 × 256 1.18×). Other CPUs differ, so the first one-row call of each weight shape times both
+layouts and keeps the transposed copy only where it is at least `ONE_ROW_MIN_GAIN` times faster (`one_row_layout`;
+a decision per shape, thread count and model size, for the process). The timing reads the weight as decoding does:
+between two uses of a weight a step reads the rest of the model, so it runs through copies of the weight spanning
+the model's weights (`seconds_in_a_pass`; at most `COLD_BYTES`, beyond any CPU's cache, which bounds the copies'
+memory while they are timed).
 
 Each such Linear is packed at its first call with two rows or more, and given its one-row copy at its first call with
 one row, so each path holds only what it used. A pack or copy is a second copy of the weight (for a tied head, of the
@@ -40,7 +44,8 @@ from lmlab.generation.compiled import weights_fingerprint
 PACK_ROWS = 8  # the row count oneDNN lays a pack out for; calls with any count of rows may use it
 PACK_MIN_WEIGHTS = 1 << 20  # 4 MiB of fp32: smaller weights decode faster unpacked (module docstring)
 ONE_ROW_MIN_GAIN = 1.25  # keep a transposed one-row copy only where it is clearly faster
-_ONE_ROW_TRANSPOSED: dict[tuple, bool] = {}  # (out, in, threads) -> the transposed layout was the faster
+COLD_BYTES = 64 << 20  # a span of weights beyond a CPU's caches (layouts are timed over at most this much)
+_ONE_ROW_TRANSPOSED: dict[tuple, bool] = {}  # (out, in, threads, span) -> the transposed layout was faster
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Linear -> its PackedLinear
 
 
@@ -58,25 +63,47 @@ def _best_seconds(fn, repeats: int = 3) -> float:
     return best
 
 
-def one_row_layout(weight: torch.Tensor) -> torch.Tensor | None:
-    """Wᵀ stored contiguous (in × out) when one row multiplies faster by it than `linear` by W here, else None.
+def copies_spanning(weight: torch.Tensor, span_bytes: int) -> list[torch.Tensor]:
+    """The weight, then as many copies of it (same strides) as make `span_bytes` in all."""
+    size = weight.numel() * weight.element_size()
+    return [weight] + [weight.clone() for _ in range(-(-span_bytes // size) - 1)]
 
-    Decided once per (shape, torch threads) by timing both on this weight (module docstring)."""
-    key = (*weight.shape, torch.get_num_threads())
+
+def seconds_in_a_pass(multiply, x: torch.Tensor, weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> float:
+    """Seconds of one `multiply(x, weight)` when `span_bytes` of weights are read between two uses of it, as in a
+    decoding step through a model of that size: best of a few passes through `copies_spanning`, per copy."""
+    copies = copies_spanning(weight, span_bytes)
+    return _best_seconds(lambda: [multiply(x, w) for w in copies]) / len(copies)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """The bytes of the model's parameters, tied ones once: what a decoding step reads."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def one_row_layout(weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> torch.Tensor | None:
+    """Wᵀ stored contiguous (in × out) when one row multiplies faster by it than `linear` by W here, in a model of
+    `span_bytes` of weights, else None.
+
+    Decided once per (shape, torch threads, span) by timing both (`seconds_in_a_pass`; module docstring)."""
+    span_bytes = min(span_bytes, COLD_BYTES)
+    key = (*weight.shape, torch.get_num_threads(), span_bytes)
     transposed = weight.detach().t().contiguous() if _ONE_ROW_TRANSPOSED.get(key, True) else None
     if key not in _ONE_ROW_TRANSPOSED:
         x = torch.randn(1, weight.shape[1], dtype=weight.dtype)
-        plain = _best_seconds(lambda: F.linear(x, weight))
-        _ONE_ROW_TRANSPOSED[key] = plain >= ONE_ROW_MIN_GAIN * _best_seconds(lambda: torch.mm(x, transposed))
+        plain = seconds_in_a_pass(F.linear, x, weight.detach(), span_bytes)
+        _ONE_ROW_TRANSPOSED[key] = plain >= ONE_ROW_MIN_GAIN * seconds_in_a_pass(torch.mm, x, transposed, span_bytes)
     return transposed if _ONE_ROW_TRANSPOSED[key] else None
 
 
 class PackedLinear:
     """`linear`'s x·Wᵀ + b: through the packed weight for two rows or more (packed at the first such call); for one
-    row through a transposed copy where that is faster here (`one_row_layout`), else the plain kernel."""
+    row through a transposed copy where that is faster here in a model of `span_bytes` of weights (`one_row_layout`),
+    else the plain kernel."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, span_bytes: int = COLD_BYTES):
         self.linear = linear
+        self.span_bytes = span_bytes
         self.version = weights_fingerprint(linear)
         self.packed = None
         self.one_row: torch.Tensor | None = None  # Wᵀ contiguous where one_row_layout chose it
@@ -94,7 +121,7 @@ class PackedLinear:
 
     def _one_row(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not self.one_row_decided:
-            self.one_row, self.one_row_decided = one_row_layout(weight), True
+            self.one_row, self.one_row_decided = one_row_layout(weight, self.span_bytes), True
         if self.one_row is None:
             return F.linear(x, weight, bias)
         row = x.reshape(1, x.shape[-1])
@@ -112,11 +139,12 @@ def packable_linears(model: nn.Module) -> list[nn.Linear]:
             and m.weight.numel() >= PACK_MIN_WEIGHTS]
 
 
-def packed(linear: nn.Linear) -> PackedLinear:
-    """The layer's PackedLinear, made anew when its weights changed since it was packed."""
+def packed(linear: nn.Linear, span_bytes: int = COLD_BYTES) -> PackedLinear:
+    """The layer's PackedLinear (in a model of `span_bytes` of weights), made anew when its weights changed since it
+    was packed."""
     layer = _PACKS.get(linear)
     if layer is None or layer.version != weights_fingerprint(linear):
-        layer = _PACKS[linear] = PackedLinear(linear)
+        layer = _PACKS[linear] = PackedLinear(linear, span_bytes)
     return layer
 
 
@@ -127,7 +155,8 @@ class PackedStep:
 
     def __init__(self, model: nn.Module, linears: list[nn.Linear]):
         self.model = model
-        self.layers = [(linear, packed(linear)) for linear in linears]
+        span = weight_bytes(model)
+        self.layers = [(linear, packed(linear, span)) for linear in linears]
 
     def __call__(self, input_ids: torch.Tensor, **kwargs):
         for linear, layer in self.layers:
@@ -145,5 +174,6 @@ def packed_step(model: nn.Module):
     return PackedStep(model, linears) if linears else model
 
 
-__all__ = ["ONE_ROW_MIN_GAIN", "PACK_MIN_WEIGHTS", "PACK_ROWS", "PackedLinear", "PackedStep", "one_row_layout",
-           "packable_linears", "packed", "packed_step", "packing_available"]
+__all__ = ["COLD_BYTES", "ONE_ROW_MIN_GAIN", "PACK_MIN_WEIGHTS", "PACK_ROWS", "PackedLinear", "PackedStep",
+           "copies_spanning", "one_row_layout", "packable_linears", "packed", "packed_step", "packing_available",
+           "seconds_in_a_pass", "weight_bytes"]
