@@ -99,6 +99,19 @@ def test_cpu_times_sum_the_allowed_cpus_busy_and_all_ticks():
     assert cpu_times(stat, {7}) == (0, 0)
 
 
+def test_threads_for_this_process_counts_a_launch_siblings_as_its_own(monkeypatch):
+    monkeypatch.setattr(hardware, "physical_cores", lambda allowed, cpu: 8)
+    monkeypatch.setattr(hardware, "cgroup_cpu_limit", lambda: None)
+    busy = {"now": 3.0}
+    monkeypatch.setattr(hardware, "busy_cores_elsewhere", lambda cpus: busy["now"])
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert hardware.threads_for_this_process() == 5  # 3 cores busy with other work
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert hardware.threads_for_this_process() == 2  # the 3 busy cores are this launch's other processes
+    busy["now"] = 5.0
+    assert hardware.threads_for_this_process() == 1  # 2 more busy with other work: (8 − 2) // 4
+
+
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
 def test_busy_cores_elsewhere_sees_a_spinning_process():
     cpus = os.sched_getaffinity(0)

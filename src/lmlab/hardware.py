@@ -139,12 +139,15 @@ def busy_cores_elsewhere(cpus: set[int], seconds: float = 0.2) -> float | None:
 
 def threads_for_this_process() -> int:
     """`default_threads` for this process: its CPU affinity, the cgroup quota, the cores other processes keep busy
-    now (`busy_cores_elsewhere`, else the 1-minute load average), and LOCAL_WORLD_SIZE processes (set by torchrun)."""
+    now (`busy_cores_elsewhere`, else the 1-minute load average), and LOCAL_WORLD_SIZE processes (set by torchrun).
+    The other processes of one torchrun launch, starting at the same moment, are counted as this launch's own work,
+    not as other load (the division among `processes` already leaves them their share)."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     busy = busy_cores_elsewhere(allowed)
     if busy is None:
         busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    busy = max(0.0, busy - (processes - 1))
     return default_threads(physical_cores(allowed, read_cpuinfo()), cgroup_cpu_limit(), busy, processes)
 
 
