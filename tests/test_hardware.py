@@ -92,6 +92,7 @@ def test_cpu_times_sum_the_allowed_cpus_busy_and_all_ticks():
     stat = ("cpu  300 0 30 900 10 0 0 0 0 0\n"
             "cpu0 100 0 10 300 5 0 0 0 0 0\n"
             "cpu1 200 0 20 600 5 1 2 3 0 0\n"
+            "\n"
             "intr 12345 0 0\n")
     assert cpu_times(stat, {0}) == (110, 415)  # user + system; idle and iowait are not busy
     assert cpu_times(stat, {1}) == (226, 831)  # irq, softirq and steal are

@@ -112,7 +112,7 @@ def cpu_times(stat_text: str, cpus: set[int]) -> tuple[int, int]:
     system idle iowait irq softirq steal ..."): busy is all less idle and iowait."""
     busy = total = 0
     for line in stat_text.splitlines():
-        name, *fields = line.split()
+        name, *fields = line.split() or [""]
         if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
             ticks = [int(f) for f in fields[:8]]
             total += sum(ticks)

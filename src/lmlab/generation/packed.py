@@ -70,9 +70,10 @@ def copies_spanning(weight: torch.Tensor, span_bytes: int) -> list[torch.Tensor]
 
 
 def seconds_in_a_pass(multiply, x: torch.Tensor, weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> float:
-    """Seconds of one `multiply(x, weight)` when `span_bytes` of weights are read between two uses of it, as in a
-    decoding step through a model of that size: best of a few passes through `copies_spanning`, per copy."""
-    copies = copies_spanning(weight, span_bytes)
+    """Seconds of one `multiply(x, weight)` when `span_bytes` (at most `COLD_BYTES`) of weights are read between two
+    uses of it, as in a decoding step through a model of that size: best of a few passes through `copies_spanning`,
+    per copy."""
+    copies = copies_spanning(weight, min(span_bytes, COLD_BYTES))
     return _best_seconds(lambda: [multiply(x, w) for w in copies]) / len(copies)
 
 
@@ -86,7 +87,7 @@ def one_row_layout(weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> torch.
     `span_bytes` of weights, else None.
 
     Decided once per (shape, torch threads, span) by timing both (`seconds_in_a_pass`; module docstring)."""
-    span_bytes = min(span_bytes, COLD_BYTES)
+    span_bytes = min(span_bytes, COLD_BYTES)  # spans beyond it time alike: one decision for them all
     key = (*weight.shape, torch.get_num_threads(), span_bytes)
     transposed = weight.detach().t().contiguous() if _ONE_ROW_TRANSPOSED.get(key, True) else None
     if key not in _ONE_ROW_TRANSPOSED:
