@@ -45,6 +45,38 @@ def test_compiled_decoding_sees_weights_changed_after_compiling():
     assert_logits_close(engine_logits(model, prompts, path, compile=True), eager)
 
 
+def test_each_model_decodes_through_its_own_compiled_graph():
+    """The compiled step skips dynamo's guards on modules: a second model of the same shape must get its own graph,
+    never the first one's (whose weights are frozen into it)."""
+    first, second = windowed("ngen4-tiny", 8), windowed("ngen4-tiny", 8)
+    randomise_parameters(first)
+    randomise_parameters(second, seed=1, scale=3.0)
+    prompts, path = random_prompts((6,)), random_path(1, 10, seed=1)
+    first_compiled = engine_logits(first, prompts, path, compile=True)
+    eager = engine_logits(second, prompts, path)
+    assert (eager[-1] - first_compiled[-1]).abs().max() > 1e-2  # reusing the first graph would be caught
+    assert_logits_close(engine_logits(second, prompts, path, compile=True), eager)
+
+
+def test_compiled_decoding_sees_hooks_and_config_changed_after_compiling():
+    """Without dynamo's module guards, the fingerprint must notice a hook added after compiling (and removed again)
+    and a config value the forward reads (the logit soft-cap)."""
+    model = windowed("ngen4-tiny", 8)
+    randomise_parameters(model)
+    prompts, path = random_prompts((6,)), random_path(1, 10, seed=1)
+    plain = engine_logits(model, prompts, path, compile=True)
+    handle = model.model.layers[0].register_forward_hook(lambda module, args, output: output * 2.0)
+    hooked = engine_logits(model, prompts, path)
+    assert (hooked[-1] - plain[-1]).abs().max() > 1e-2
+    assert_logits_close(engine_logits(model, prompts, path, compile=True), hooked)
+    handle.remove()
+    assert_logits_close(engine_logits(model, prompts, path, compile=True), plain)
+    model.config.logit_softcap = 0.5
+    capped = engine_logits(model, prompts, path)
+    assert capped[-1].abs().max() <= 0.5 + 1e-6
+    assert_logits_close(engine_logits(model, prompts, path, compile=True), capped)
+
+
 def test_compiled_decoding_checks_its_positions_before_it_starts():
     """The compiled step cannot read its positions; XPOS key scales beyond fp32's safe range must still be refused,
     as an eager forward refuses them."""
