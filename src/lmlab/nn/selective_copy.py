@@ -47,7 +47,8 @@ def selective_copy_keys(k: torch.Tensor, gate: torch.Tensor, positions: torch.Te
     """
     dtype = torch.promote_types(k.dtype, torch.float32)  # at least fp32; fp64 stays fp64
     j = (positions + 1).to(dtype)[:, None, :, None]
-    sums = torch.cumsum(j * gate.to(dtype)[..., None] * k.to(dtype), dim=2)
+    weighted = j * gate.to(dtype)[..., None] * k.to(dtype)
+    sums = weighted.cumsum(dim=2) if weighted.shape[2] > 1 else weighted  # one token (decoding): nothing to sum
     if key_sum is not None:
         sums = sums + key_sum[:, :, None, :]
     return sums / j.square(), sums[:, :, -1]
