@@ -64,7 +64,7 @@ from common import best_of, machine, machine_line, print_table, row
 
 from lmlab import LMLabForCausalLM, list_presets, preset_config
 from lmlab.generation.engine import generate_tokens
-from lmlab.generation.packed import seconds_in_a_pass, weight_bytes
+from lmlab.generation.packed import PACK_ROWS, packed_product, packing_available, seconds_in_a_pass, weight_bytes
 from lmlab.generation.sampling import SamplingOptions
 from lmlab.hardware import keep_freed_memory, set_threads
 
@@ -245,18 +245,21 @@ def against_hf(quick: bool, rounds: int) -> dict:
 
 def weights_pass_seconds(model: torch.nn.Module, batch: int, repeats: int = 5) -> float:
     """Best-of-`repeats` seconds of multiplying a (batch × in) input by every distinct matrix parameter of `model` in
-    turn (a tied head counted once), each in the faster of its two layouts (W as stored or Wᵀ contiguous, timed as
-    the engine chooses them: lmlab.generation.packed.seconds_in_a_pass): the floor under one decoding step, which
-    must read each weight once. Passes run over all the matrices, so a model larger than the
+    turn (a tied head counted once), each in the fastest of its layouts (W as stored, Wᵀ contiguous, and for several
+    rows oneDNN's pack; timed as the engine chooses them: lmlab.generation.packed.seconds_in_a_pass): the floor under
+    one decoding step, which must read each weight once. Passes run over all the matrices, so a model larger than the
     cache is read from memory, as in decoding. The embedding matrix counts as read in full, which a tied head does."""
     products, span = [], weight_bytes(model)
     for weight in {id(p): p.detach() for p in model.parameters() if p.dim() == 2}.values():
-        x, layouts = torch.randn(batch, weight.shape[1]), (weight.T, weight.t().contiguous())
-        products.append((x, min(layouts, key=lambda w: seconds_in_a_pass(torch.mm, x, w, span))))
+        x = torch.randn(batch, weight.shape[1])
+        layouts = [(torch.mm, weight.T), (torch.mm, weight.t().contiguous())]
+        if batch > 1 and packing_available():
+            layouts.append((packed_product, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)))
+        products.append((x, *min(layouts, key=lambda layout: seconds_in_a_pass(layout[0], x, layout[1], span))))
 
     def one_pass():
-        for x, w in products:
-            torch.mm(x, w)
+        for x, multiply, w in products:
+            multiply(x, w)
     return min(timed(one_pass)[0] for _ in range(repeats + 1))
 
 

@@ -23,25 +23,26 @@ pytestmark = pytest.mark.skipif(not packing.packing_available(), reason="this to
 
 
 @pytest.fixture
-def one_row_decisions(monkeypatch):
-    """A fresh table of one-row layout decisions (they are kept per process), timed over at most 1 MiB of copies."""
+def layout_decisions(monkeypatch):
+    """Fresh tables of layout decisions (they are kept per process), timed over at most 1 MiB of copies."""
     monkeypatch.setattr(packing, "_ONE_ROW_TRANSPOSED", {})
+    monkeypatch.setattr(packing, "_SEVERAL_ROWS_PACKED", {})
     monkeypatch.setattr(packing, "COLD_BYTES", 1 << 20)
 
 
 @pytest.fixture
-def pack_everything(monkeypatch, one_row_decisions):
-    """Pack every Linear, however small (tiny models have no weight above the size threshold), and give one-row
-    calls the transposed copy whatever the timing says."""
+def pack_everything(monkeypatch, layout_decisions):
+    """Consider every Linear, however small (tiny models have no weight above the size threshold), and give it the
+    pack or the transposed copy whatever the timing says."""
     monkeypatch.setattr(packing, "PACK_MIN_WEIGHTS", 0)
-    monkeypatch.setattr(packing, "ONE_ROW_MIN_GAIN", 0.0)
+    monkeypatch.setattr(packing, "LAYOUT_MIN_GAIN", 0.0)
 
 
-@pytest.mark.parametrize("one_row_transposed", [True, False])
+@pytest.mark.parametrize("new_layout", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 48), (48,), (2, 1, 48), (8, 1, 48), (13, 48), (3, 5, 48)])
-def test_packed_linear_equals_the_plain_layer(shape, bias, one_row_transposed, one_row_decisions, monkeypatch):
-    monkeypatch.setattr(packing, "ONE_ROW_MIN_GAIN", 0.0 if one_row_transposed else float("inf"))
+def test_packed_linear_equals_the_plain_layer(shape, bias, new_layout, layout_decisions, monkeypatch):
+    monkeypatch.setattr(packing, "LAYOUT_MIN_GAIN", 0.0 if new_layout else float("inf"))
     torch.manual_seed(0)
     linear = nn.Linear(48, 96, bias=bias)
     x = torch.randn(shape)
@@ -49,27 +50,36 @@ def test_packed_linear_equals_the_plain_layer(shape, bias, one_row_transposed, o
     out = layer(x)
     expected = F.linear(x, linear.weight, linear.bias)
     assert out.shape == expected.shape
-    if x.numel() == x.shape[-1] and not one_row_transposed:
-        assert layer.one_row is None and torch.equal(out, expected)  # one row: the plain kernel itself
-    else:
+    one_row = x.numel() == x.shape[-1]
+    kept = layer.one_row if one_row else layer.packed
+    if new_layout:
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    if x.numel() == x.shape[-1] and one_row_transposed:
+        assert kept is not None and (layer.packed if one_row else layer.one_row) is None  # only the path used
+    else:
+        assert kept is None and torch.equal(out, expected)  # the plain kernel itself
+    if one_row and new_layout:
         assert layer.one_row.shape == (48, 96) and layer.one_row.is_contiguous()
 
 
-def test_the_one_row_layout_is_timed_once_per_shape(one_row_decisions, monkeypatch):
+def test_each_layout_is_timed_once_per_shape(layout_decisions, monkeypatch):
     timings = []
 
     def fake_seconds(fn, repeats=3):
         timings.append(fn)
-        return 1.0 if len(timings) % 2 else 0.5  # plain 1.0 s, transposed 0.5 s: the copy wins
+        return 1.0 if len(timings) % 2 else 0.5  # plain 1.0 s, the new layout 0.5 s: the new layout wins
     monkeypatch.setattr(packing, "_best_seconds", fake_seconds)
     first, second, other = torch.randn(96, 48), torch.randn(96, 48), torch.randn(48, 96)
     assert torch.equal(packing.one_row_layout(first), first.t())
     assert torch.equal(packing.one_row_layout(second), second.t())  # same shape: decided already
     assert len(timings) == 2
-    monkeypatch.setattr(packing, "ONE_ROW_MIN_GAIN", 3.0)  # 2× faster is not enough now, for a new shape
-    assert packing.one_row_layout(other) is None and len(timings) == 4
+    x = torch.randn(5, 48)
+    torch.testing.assert_close(packing.packed_product(x, packing.several_rows_pack(first)), x @ first.T)
+    assert len(timings) == 4  # several rows: a decision of its own for the same shape
+    packing.several_rows_pack(second)
+    assert len(timings) == 4
+    monkeypatch.setattr(packing, "LAYOUT_MIN_GAIN", 3.0)  # 2× faster is not enough now, for a new shape
+    assert packing.one_row_layout(other) is None and len(timings) == 6
+    assert packing.several_rows_pack(other) is None and len(timings) == 8
 
 
 def test_layouts_are_timed_as_a_pass_through_the_model_reads_them(monkeypatch):
@@ -96,7 +106,7 @@ def test_layouts_are_timed_as_a_pass_through_the_model_reads_them(monkeypatch):
 
 
 def test_only_large_plain_fp32_cpu_linears_are_packed():
-    model = tiny_model("ngen4-tiny", vocab_size=2 * packing.PACK_MIN_WEIGHTS // 64)  # head: 2 Mi weights
+    model = tiny_model("ngen4-tiny", vocab_size=2 * packing.PACK_MIN_WEIGHTS // 64)  # head: 2 × the minimum
     assert packable_linears(model) == [model.lm_head]  # the blocks' 64 × 256 matrices stay plain
 
     class Adapter(nn.Linear):  # a subclass keeps its own forward

@@ -7,25 +7,30 @@ for one row but falls far short of it for a few rows once the weight no longer f
 a weight reordered once into its kernel's blocked layout (`mkldnn._reorder_linear_weight`, what inductor does with
 frozen fp32 weights) closes most of that gap. Measured on a 2-core Xeon (AVX-512, AMX), one thread, 8 rows, plain /
 packed time: 8192 × 256 2.0×, 2048 × 512 1.9×, 512 × 2048 1.7×, 50257 × 512 2.7× (ngen4-50m's step 1.5× faster);
-but 256 × 256 0.5×, 1024 × 256 0.8×, 512 × 512 0.7× (weights that stay in the cache are read fast either way, and
-oneDNN's call costs more). So only weights of `PACK_MIN_WEIGHTS` elements or more are packed.
+but 256 × 256 0.5×, 1024 × 256 0.8×, 512 × 512 0.7× there, timed with the weight in the cache. On a 2-core AMD EPYC
+(AVX2), 2 threads, each weight read from memory as a decoding step reads it (below): 1024 × 256 2.1×, 256 × 1024
+1.65×, 768 × 256 1.4×, 2048 × 512 2.1×, 512 × 2048 1.9×, 256 × 256 1.05×.
 
-For one row, oneDNN's pack gains nothing, but the layout of the weight can: on a 2-core AMD EPYC (AVX2), one thread,
-x @ Wᵀ with Wᵀ stored contiguous (in × out) ran 1.5–2.5× faster than `linear` on W (out × in) for tall matrices
-read from memory (8192 × 256 1.75×, 2048 × 512 1.5×, 1024 × 256 1.5×, 50257 × 512 1.8×: a vocabulary head, an MLP's
-up-projection), and slower for wide ones (512 × 2048 0.73×, 256 × 1024 0.72×); read from the cache the gains differ
-(2048 × 512 1.25×, 1024 × 256 1.18×). Other CPUs differ, so the first one-row call of each weight shape times both
-layouts and keeps the transposed copy only where it is at least `ONE_ROW_MIN_GAIN` times faster (`one_row_layout`;
-a decision per shape, thread count and model size, for the process). The timing reads the weight as decoding does:
-between two uses of a weight a step reads the rest of the model, so it runs through copies of the weight spanning
-the model's weights (`seconds_in_a_pass`; at most `COLD_BYTES`, beyond any CPU's cache, which bounds the copies'
-memory while they are timed).
+For one row, oneDNN's pack gains nothing, but the layout of the weight can: on that EPYC, one thread, x @ Wᵀ with Wᵀ
+stored contiguous (in × out) ran 1.5–2.5× faster than `linear` on W (out × in) for tall matrices read from memory
+(8192 × 256 1.75×, 2048 × 512 1.5×, 1024 × 256 1.5×, 50257 × 512 1.8×: a vocabulary head, an MLP's up-projection),
+and slower for wide ones (512 × 2048 0.73×, 256 × 1024 0.72×); read from the cache the gains differ (2048 × 512
+1.25×, 1024 × 256 1.18×).
 
-Each such Linear is packed at its first call with two rows or more, and given its one-row copy at its first call with
-one row, so each path holds only what it used. A pack or copy is a second copy of the weight (for a tied head, of the
-embedding), kept while the weight is unchanged (its address and in-place version: lmlab.generation.compiled's
-weights_fingerprint). Outputs equal the plain layer's up
-to fp32 rounding: the same products, summed in another order. Packs are kept rather than made per generation
+Other CPUs differ, so each layout is chosen by timing it here: the first call of a weight shape with one row times
+`linear` against the transposed copy (`one_row_layout`), the first with several rows against the oneDNN pack
+(`several_rows_pack`), and the new layout is kept only where it is at least `LAYOUT_MIN_GAIN` times faster (a decision
+per shape, row kind, thread count and model size, for the process). Weights under `PACK_MIN_WEIGHTS` elements are
+not considered (a call through the layer's wrapper costs more than they could gain). The timing reads the weight as
+decoding does: between two uses of a weight a step reads the rest of the model, so it runs through copies of the
+weight spanning the model's weights (`seconds_in_a_pass`; at most `COLD_BYTES`, beyond any CPU's cache, which bounds
+the copies' memory while they are timed).
+
+Each such Linear gets its pack (where chosen) at its first call with two rows or more, and its one-row copy (where
+chosen) at its first call with one row, so each path holds only what it used. A pack or copy is a second copy of the
+weight (for a tied head, of the embedding), kept while the weight is unchanged (its address and in-place version:
+lmlab.generation.compiled's weights_fingerprint). Outputs equal the plain layer's up to fp32 rounding: the same
+products, summed in another order. Packs are kept rather than made per generation
 because packing costs time (ngen4-50m: ~0.2 s, 8% of a 64-token batch-8 generation) and memory while they live (its
 tied head and 16 block matrices: ~170 MB until the model is dropped or the next generation repacks changed weights).
 """
@@ -42,10 +47,11 @@ from torch import nn
 from lmlab.generation.compiled import weights_fingerprint
 
 PACK_ROWS = 8  # the row count oneDNN lays a pack out for; calls with any count of rows may use it
-PACK_MIN_WEIGHTS = 1 << 20  # 4 MiB of fp32: smaller weights decode faster unpacked (module docstring)
-ONE_ROW_MIN_GAIN = 1.25  # keep a transposed one-row copy only where it is clearly faster
+PACK_MIN_WEIGHTS = 1 << 16  # 256 KiB of fp32 (a 256 × 256 matrix): smaller weights keep the plain layer
+LAYOUT_MIN_GAIN = 1.25  # keep a pack or a transposed copy only where it is clearly faster
 COLD_BYTES = 64 << 20  # a span of weights beyond a CPU's caches (layouts are timed over at most this much)
 _ONE_ROW_TRANSPOSED: dict[tuple, bool] = {}  # (out, in, threads, span) -> the transposed layout was faster
+_SEVERAL_ROWS_PACKED: dict[tuple, bool] = {}  # (out, in, threads, span) -> the oneDNN pack was faster
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Linear -> its PackedLinear
 
 
@@ -82,31 +88,49 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def one_row_layout(weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> torch.Tensor | None:
-    """Wᵀ stored contiguous (in × out) when one row multiplies faster by it than `linear` by W here, in a model of
-    `span_bytes` of weights, else None.
+def chosen_layout(decisions: dict, weight: torch.Tensor, span_bytes: int, rows: int, make, multiply):
+    """`make(W)` when `rows` rows multiply faster through it (`multiply(x, made)`) than `linear` through W here, by
+    `LAYOUT_MIN_GAIN`, in a model of `span_bytes` of weights; else None.
 
-    Decided once per (shape, torch threads, span) by timing both (`seconds_in_a_pass`; module docstring)."""
+    Decided once per (shape, torch threads, span) and kept in `decisions`, by timing both (`seconds_in_a_pass`)."""
     span_bytes = min(span_bytes, COLD_BYTES)  # spans beyond it time alike: one decision for them all
     key = (*weight.shape, torch.get_num_threads(), span_bytes)
-    transposed = weight.detach().t().contiguous() if _ONE_ROW_TRANSPOSED.get(key, True) else None
-    if key not in _ONE_ROW_TRANSPOSED:
-        x = torch.randn(1, weight.shape[1], dtype=weight.dtype)
+    made = make(weight.detach()) if decisions.get(key, True) else None
+    if key not in decisions:
+        x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
         plain = seconds_in_a_pass(F.linear, x, weight.detach(), span_bytes)
-        _ONE_ROW_TRANSPOSED[key] = plain >= ONE_ROW_MIN_GAIN * seconds_in_a_pass(torch.mm, x, transposed, span_bytes)
-    return transposed if _ONE_ROW_TRANSPOSED[key] else None
+        decisions[key] = plain >= LAYOUT_MIN_GAIN * seconds_in_a_pass(multiply, x, made, span_bytes)
+    return made if decisions[key] else None
+
+
+def packed_product(x: torch.Tensor, pack: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (rows × in) · Wᵀ + b through W's oneDNN pack."""
+    return torch.ops.mkldnn._linear_pointwise(x, pack, bias, "none", [], "")
+
+
+def one_row_layout(weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> torch.Tensor | None:
+    """Wᵀ stored contiguous (in × out) where one row multiplies faster by it than `linear` by W (`chosen_layout`)."""
+    return chosen_layout(_ONE_ROW_TRANSPOSED, weight, span_bytes, 1, lambda w: w.t().contiguous(), torch.mm)
+
+
+def several_rows_pack(weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> torch.Tensor | None:
+    """W reordered for oneDNN's matmul (laid out for `PACK_ROWS` rows) where that many rows multiply faster through
+    it than `linear` through W (`chosen_layout`)."""
+    return chosen_layout(_SEVERAL_ROWS_PACKED, weight, span_bytes, PACK_ROWS,
+                         lambda w: torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS), packed_product)
 
 
 class PackedLinear:
-    """`linear`'s x·Wᵀ + b: through the packed weight for two rows or more (packed at the first such call); for one
-    row through a transposed copy where that is faster here in a model of `span_bytes` of weights (`one_row_layout`),
-    else the plain kernel."""
+    """`linear`'s x·Wᵀ + b, each layout chosen at its first use where it is faster here in a model of `span_bytes` of
+    weights, else the plain kernel: for two rows or more through the oneDNN pack (`several_rows_pack`), for one row
+    through a transposed copy (`one_row_layout`)."""
 
     def __init__(self, linear: nn.Linear, span_bytes: int = COLD_BYTES):
         self.linear = linear
         self.span_bytes = span_bytes
         self.version = weights_fingerprint(linear)
-        self.packed = None
+        self.packed: torch.Tensor | None = None  # the oneDNN pack where several_rows_pack chose it
+        self.packed_decided = False
         self.one_row: torch.Tensor | None = None  # Wᵀ contiguous where one_row_layout chose it
         self.one_row_decided = False
 
@@ -115,9 +139,11 @@ class PackedLinear:
         rows = x.numel() // x.shape[-1]
         if rows == 1:
             return self._one_row(x, weight, bias)
+        if not self.packed_decided:
+            self.packed, self.packed_decided = several_rows_pack(weight, self.span_bytes), True
         if self.packed is None:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), self.packed, bias, "none", [], "")
+            return F.linear(x, weight, bias)
+        y = packed_product(x.reshape(rows, x.shape[-1]), self.packed, bias)
         return y.view(*x.shape[:-1], weight.shape[0])
 
     def _one_row(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -175,6 +201,6 @@ def packed_step(model: nn.Module):
     return PackedStep(model, linears) if linears else model
 
 
-__all__ = ["COLD_BYTES", "ONE_ROW_MIN_GAIN", "PACK_MIN_WEIGHTS", "PACK_ROWS", "PackedLinear", "PackedStep",
-           "copies_spanning", "one_row_layout", "packable_linears", "packed", "packed_step", "packing_available",
-           "seconds_in_a_pass", "weight_bytes"]
+__all__ = ["COLD_BYTES", "LAYOUT_MIN_GAIN", "PACK_MIN_WEIGHTS", "PACK_ROWS", "PackedLinear", "PackedStep",
+           "chosen_layout", "copies_spanning", "one_row_layout", "packable_linears", "packed", "packed_product",
+           "packed_step", "packing_available", "seconds_in_a_pass", "several_rows_pack", "weight_bytes"]
