@@ -60,7 +60,7 @@ def test_each_model_decodes_through_its_own_compiled_graph():
 
 def test_compiled_decoding_sees_hooks_and_config_changed_after_compiling():
     """Without dynamo's module guards, the fingerprint must notice a hook added after compiling (and removed again)
-    and a config value the forward reads (the logit soft-cap)."""
+    and config values the forward reads (the logit soft-cap, the attention backend)."""
     model = windowed("ngen4-tiny", 8)
     randomise_parameters(model)
     prompts, path = random_prompts((6,)), random_path(1, 10, seed=1)
@@ -75,6 +75,10 @@ def test_compiled_decoding_sees_hooks_and_config_changed_after_compiling():
     capped = engine_logits(model, prompts, path)
     assert capped[-1].abs().max() <= 0.5 + 1e-6
     assert_logits_close(engine_logits(model, prompts, path, compile=True), capped)
+    graphs = counters["stats"]["unique_graphs"]
+    model.config._attn_implementation = "eager"  # not in the config's JSON; the same logits, another kernel
+    assert_logits_close(engine_logits(model, prompts, path, compile=True), capped)
+    assert counters["stats"]["unique_graphs"] > graphs  # compiled anew for the backend asked for
 
 
 def test_compiled_decoding_checks_its_positions_before_it_starts():

@@ -57,11 +57,14 @@ def hook_count(owner, prefix: str = "") -> int:
 
 def model_fingerprint(model: torch.nn.Module) -> tuple:
     """What a compiled forward of `model` was built from, beyond its inputs: the weights (`weights_fingerprint`),
-    every module's name, type, training mode and hook count, the hooks on every module, and the config."""
+    every module's name, type, training mode and hook count, the hooks on every module, and the config (its JSON, and
+    the attention backend, `_attn_implementation`, which the JSON leaves out)."""
     modules = tuple((name, type(module), module.training, hook_count(module))
                     for name, module in model.named_modules())
-    config = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else None
-    return weights_fingerprint(model), modules, hook_count(torch.nn.modules.module, "_global"), config
+    config = getattr(model, "config", None)
+    settings = None if config is None else (config.to_json_string(use_diff=False),
+                                            getattr(config, "_attn_implementation", None))
+    return weights_fingerprint(model), modules, hook_count(torch.nn.modules.module, "_global"), settings
 
 
 class CompiledDecodeStep:
