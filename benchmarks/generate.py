@@ -64,7 +64,7 @@ from common import best_of, machine, machine_line, print_table, row
 
 from lmlab import LMLabForCausalLM, list_presets, preset_config
 from lmlab.generation.engine import generate_tokens
-from lmlab.generation.packed import PACK_ROWS, packed_product, packing_available, seconds_in_a_pass, weight_bytes
+from lmlab.generation.packed import onednn_pack, packed_product, packing_available, seconds_in_a_pass, weight_bytes
 from lmlab.generation.sampling import SamplingOptions
 from lmlab.hardware import keep_freed_memory, set_threads
 
@@ -254,7 +254,7 @@ def weights_pass_seconds(model: torch.nn.Module, batch: int, repeats: int = 5) -
         x = torch.randn(batch, weight.shape[1])
         layouts = [(torch.mm, weight.T), (torch.mm, weight.t().contiguous())]
         if batch > 1 and packing_available():
-            layouts.append((packed_product, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)))
+            layouts.append((packed_product, onednn_pack(weight)))
         products.append((x, *min(layouts, key=lambda layout: seconds_in_a_pass(layout[0], x, layout[1], span))))
 
     def one_pass():

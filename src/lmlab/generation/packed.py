@@ -103,6 +103,11 @@ def chosen_layout(decisions: dict, weight: torch.Tensor, span_bytes: int, rows: 
     return made if decisions[key] else None
 
 
+def onednn_pack(weight: torch.Tensor) -> torch.Tensor:
+    """W (out × in) reordered once into the blocked layout of oneDNN's matmul for `PACK_ROWS` rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+
+
 def packed_product(x: torch.Tensor, pack: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (rows × in) · Wᵀ + b through W's oneDNN pack."""
     return torch.ops.mkldnn._linear_pointwise(x, pack, bias, "none", [], "")
@@ -116,8 +121,7 @@ def one_row_layout(weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> torch.
 def several_rows_pack(weight: torch.Tensor, span_bytes: int = COLD_BYTES) -> torch.Tensor | None:
     """W reordered for oneDNN's matmul (laid out for `PACK_ROWS` rows) where that many rows multiply faster through
     it than `linear` through W (`chosen_layout`)."""
-    return chosen_layout(_SEVERAL_ROWS_PACKED, weight, span_bytes, PACK_ROWS,
-                         lambda w: torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS), packed_product)
+    return chosen_layout(_SEVERAL_ROWS_PACKED, weight, span_bytes, PACK_ROWS, onednn_pack, packed_product)
 
 
 class PackedLinear:
@@ -202,5 +206,6 @@ def packed_step(model: nn.Module):
 
 
 __all__ = ["COLD_BYTES", "LAYOUT_MIN_GAIN", "PACK_MIN_WEIGHTS", "PACK_ROWS", "PackedLinear", "PackedStep",
-           "chosen_layout", "copies_spanning", "one_row_layout", "packable_linears", "packed", "packed_product",
-           "packed_step", "packing_available", "seconds_in_a_pass", "several_rows_pack", "weight_bytes"]
+           "chosen_layout", "copies_spanning", "one_row_layout", "onednn_pack", "packable_linears", "packed",
+           "packed_product", "packed_step", "packing_available", "seconds_in_a_pass", "several_rows_pack",
+           "weight_bytes"]
